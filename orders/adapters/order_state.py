@@ -1,0 +1,300 @@
+"""Order state in Redis: one hash per order, changed only by the scripts below.
+
+The hash is the order's memory across redeliveries, restarts and replays:
+
+- ``epoch`` counts processing attempts that ended in the dead-letter queue
+  (a replay starts a new epoch); charges and reservations are keyed on it;
+- ``run`` counts workflow sends within an epoch (a stalled or failed workflow is
+  sent again; task ids differ per run, effects do not);
+- ``outcome`` is set once per epoch by :data:`_FINALIZE`, atomically with the
+  completion event the bridge waits for; ``published`` once the outcome event
+  is stored in JetStream, after which the order is never processed again.
+
+The worker side uses :class:`OrderState` (sync), the bridge :class:`AsyncOrderState`;
+both run the same scripts and parse replies with the same functions.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from orders.adapters import redis_keys as keys
+from orders.domain.model import FailureReason, OrderStatus, Outcome, OutcomeKind
+
+DEAD_LETTERED = "DEAD_LETTERED"
+
+
+class Next(StrEnum):
+    """What the bridge must do with a delivered order, decided by :data:`_BEGIN`."""
+
+    START = "start"  # send the workflow (run number in the reply)
+    ATTACH = "attach"  # a workflow is running: wait for it
+    ERRORED = "errored"  # the workflow failed on a transient fault (poll mode only)
+    PUBLISH = "publish"  # the outcome is decided: publish it
+    DONE = "done"  # the outcome event is stored: just ack
+
+
+@dataclass(frozen=True, slots=True)
+class Begin:
+    next: Next
+    epoch: int
+    run: int
+    error: str = ""
+
+
+# KEYS: order   ARGV: now ms, stall ms, mode ('deliver' | 'poll')
+_BEGIN = """
+local h = KEYS[1]
+local now = tonumber(ARGV[1])
+if redis.call('EXISTS', h) == 0 then
+  redis.call('HSET', h, 'status', 'RECEIVED', 'epoch', 1, 'run', 1, 'charges', 0,
+             'refunds', 0, 'received_ms', now, 'updated_ms', now)
+  return {'start', 1, 1, ''}
+end
+local f = redis.call('HMGET', h, 'published', 'outcome', 'dead', 'error', 'updated_ms',
+                     'epoch', 'run')
+local epoch, run = tonumber(f[6]) or 1, tonumber(f[7]) or 0
+if f[1] and f[1] ~= '' then return {'done', epoch, run, ''} end
+if f[2] and f[2] ~= '' then return {'publish', epoch, run, ''} end
+if ARGV[3] == 'poll' and f[4] and f[4] ~= '' then return {'errored', epoch, run, f[4]} end
+if f[3] == '1' then
+  epoch = epoch + 1
+  redis.call('HSET', h, 'epoch', epoch, 'run', 1, 'dead', '', 'error', '', 'status',
+             'RECEIVED', 'reason', '', 'detail', '', 'updated_ms', now)
+  return {'start', epoch, 1, ''}
+end
+if (f[4] and f[4] ~= '') or now - (tonumber(f[5]) or 0) > tonumber(ARGV[2]) then
+  run = run + 1
+  redis.call('HSET', h, 'run', run, 'error', '', 'updated_ms', now)
+  return {'start', epoch, run, ''}
+end
+return {'attach', epoch, run, ''}
+"""
+
+# KEYS: order   ARGV: epoch, now ms.  Progress marker; RECEIVED becomes PROCESSING.
+_TOUCH = """
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[1], 'status') == 'RECEIVED' then
+  redis.call('HSET', KEYS[1], 'status', 'PROCESSING')
+end
+redis.call('HSET', KEYS[1], 'updated_ms', ARGV[2])
+return 1
+"""
+
+# KEYS: order, completions   ARGV: epoch, now, maxlen, kind, status, reason, detail,
+#                                   payment_id, total_minor, currency, order_id
+_FINALIZE = """
+local f = redis.call('HMGET', KEYS[1], 'epoch', 'outcome', 'dead')
+if f[1] ~= ARGV[1] or (f[2] and f[2] ~= '') or f[3] == '1' then return 0 end
+redis.call('HSET', KEYS[1], 'outcome', ARGV[4], 'status', ARGV[5], 'reason', ARGV[6],
+           'detail', ARGV[7], 'payment_id', ARGV[8], 'total_minor', ARGV[9],
+           'currency', ARGV[10], 'error', '', 'updated_ms', ARGV[2])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'order_id',
+           ARGV[#ARGV], 'event', 'outcome')
+return 1
+"""
+
+# KEYS: order, completions   ARGV: epoch, now, maxlen, detail, order_id
+_RECORD_ERROR = """
+local f = redis.call('HMGET', KEYS[1], 'epoch', 'outcome', 'dead')
+if f[1] ~= ARGV[1] or (f[2] and f[2] ~= '') or f[3] == '1' then return 0 end
+redis.call('HSET', KEYS[1], 'error', ARGV[4], 'updated_ms', ARGV[2])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'order_id',
+           ARGV[#ARGV], 'event', 'error')
+return 1
+"""
+
+# KEYS: order, completions   ARGV: epoch, now, maxlen, detail, order_id.  0 when an outcome won.
+_ABANDON = """
+local f = redis.call('HMGET', KEYS[1], 'epoch', 'outcome')
+if f[1] ~= ARGV[1] or (f[2] and f[2] ~= '') then return 0 end
+redis.call('HSET', KEYS[1], 'dead', '1', 'status', 'FAILED', 'reason', 'DEAD_LETTERED',
+           'detail', ARGV[4], 'error', '', 'updated_ms', ARGV[2])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'order_id',
+           ARGV[#ARGV], 'event', 'abandoned')
+return 1
+"""
+
+# KEYS: order, ledger   ARGV: 'charges' | 'refunds', ledger entry.  Counts each payment once.
+_COUNT_PAYMENT = """
+if redis.call('HSETNX', KEYS[2], ARGV[2], '1') == 1 then
+  redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+  return 1
+end
+return 0
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class OrderView:
+    """What ``orders status`` shows."""
+
+    order_id: str
+    status: str
+    reason: str
+    detail: str
+    charges: int
+    refunds: int
+    epoch: int
+    run: int
+    outcome: Outcome | None
+    published: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "order_id": self.order_id,
+            "status": self.status,
+            "reason": self.reason or None,
+            "charges": self.charges,
+            "refunds": self.refunds,
+        }
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _begin(reply: list[Any]) -> Begin:
+    return Begin(next=Next(reply[0]), epoch=int(reply[1]), run=int(reply[2]), error=reply[3])
+
+
+def _finalize_args(epoch: int, outcome: Outcome) -> list[Any]:
+    return [
+        epoch,
+        _now_ms(),
+        keys.COMPLETIONS_MAXLEN,
+        outcome.kind.value,
+        outcome.status.value,
+        outcome.reason.value if outcome.reason else "",
+        outcome.detail,
+        outcome.payment_id,
+        outcome.total_minor,
+        outcome.currency,
+        outcome.order_id,
+    ]
+
+
+def _view(order_id: str, fields: dict[str, str]) -> OrderView | None:
+    if not fields:
+        return None
+    outcome = None
+    if fields.get("outcome"):
+        reason = fields.get("reason") or None
+        outcome = Outcome(
+            order_id=order_id,
+            kind=OutcomeKind(fields["outcome"]),
+            reason=FailureReason(reason) if reason else None,
+            detail=fields.get("detail", ""),
+            payment_id=fields.get("payment_id", ""),
+            total_minor=int(fields.get("total_minor") or 0),
+            currency=fields.get("currency", ""),
+        )
+    return OrderView(
+        order_id=order_id,
+        status=fields.get("status", OrderStatus.RECEIVED.value),
+        reason=fields.get("reason", ""),
+        detail=fields.get("detail", ""),
+        charges=int(fields.get("charges") or 0),
+        refunds=int(fields.get("refunds") or 0),
+        epoch=int(fields.get("epoch") or 1),
+        run=int(fields.get("run") or 1),
+        outcome=outcome,
+        published=bool(fields.get("published")),
+    )
+
+
+class OrderState:
+    """Order state for workflow steps and the CLI (sync). Every method is idempotent."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        """``client`` must be created with ``decode_responses=True``."""
+        self._redis = client
+        self._touch = client.register_script(_TOUCH)
+        self._finalize = client.register_script(_FINALIZE)
+        self._record_error = client.register_script(_RECORD_ERROR)
+        self._abandon = client.register_script(_ABANDON)
+        self._count_payment = client.register_script(_COUNT_PAYMENT)
+
+    def touch(self, order_id: str, epoch: int) -> bool:
+        """Mark progress; ``False`` when the order has moved to another epoch."""
+        return bool(self._touch(keys=[keys.order(order_id)], args=[epoch, _now_ms()]))
+
+    def finalize(self, epoch: int, outcome: Outcome) -> bool:
+        """Record the outcome once per epoch and announce it; ``False`` if already decided."""
+        return bool(
+            self._finalize(
+                keys=[keys.order(outcome.order_id), keys.COMPLETIONS_STREAM],
+                args=_finalize_args(epoch, outcome),
+            )
+        )
+
+    def record_error(self, order_id: str, epoch: int, detail: str) -> bool:
+        return bool(
+            self._record_error(
+                keys=[keys.order(order_id), keys.COMPLETIONS_STREAM],
+                args=[epoch, _now_ms(), keys.COMPLETIONS_MAXLEN, detail, order_id],
+            )
+        )
+
+    def abandon(self, order_id: str, epoch: int, detail: str) -> bool:
+        """Mark the order dead-lettered after compensation; ``False`` if an outcome won."""
+        return bool(
+            self._abandon(
+                keys=[keys.order(order_id), keys.COMPLETIONS_STREAM],
+                args=[epoch, _now_ms(), keys.COMPLETIONS_MAXLEN, detail, order_id],
+            )
+        )
+
+    def count_charge(self, order_id: str, payment_id: str) -> None:
+        self._count_payment(
+            keys=[keys.order(order_id), keys.ledger(order_id)],
+            args=["charges", f"charge:{payment_id}"],
+        )
+
+    def count_refund(self, order_id: str, payment_id: str) -> None:
+        self._count_payment(
+            keys=[keys.order(order_id), keys.ledger(order_id)],
+            args=["refunds", f"refund:{payment_id}"],
+        )
+
+    def view(self, order_id: str) -> OrderView | None:
+        return _view(order_id, self._redis.hgetall(keys.order(order_id)))
+
+
+class AsyncOrderState:
+    """Order state for the bridge (asyncio)."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        """``client`` must be created with ``decode_responses=True``."""
+        self._redis = client
+        self._begin = client.register_script(_BEGIN)
+        self._finalize = client.register_script(_FINALIZE)
+
+    async def begin(self, order_id: str, stall_timeout_s: float, *, poll: bool = False) -> Begin:
+        """Decide what to do with a delivery (``poll=False``) or with an order being
+        waited on (``poll=True``: a failed workflow is reported, not restarted)."""
+        reply = await self._begin(
+            keys=[keys.order(order_id)],
+            args=[_now_ms(), int(stall_timeout_s * 1000), "poll" if poll else "deliver"],
+        )
+        return _begin(reply)
+
+    async def finalize(self, epoch: int, outcome: Outcome) -> bool:
+        return bool(
+            await self._finalize(
+                keys=[keys.order(outcome.order_id), keys.COMPLETIONS_STREAM],
+                args=_finalize_args(epoch, outcome),
+            )
+        )
+
+    async def mark_published(self, order_id: str, kind: OutcomeKind) -> None:
+        await self._redis.hset(keys.order(order_id), "published", kind.value)
+
+    async def view(self, order_id: str) -> OrderView | None:
+        return _view(order_id, await self._redis.hgetall(keys.order(order_id)))

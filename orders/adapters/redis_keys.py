@@ -1,0 +1,32 @@
+"""Redis key layout, in one place. Every key starts with ``orders:``.
+
+Scripts touch several keys of one order at once; they are not written for
+Redis Cluster (keys are not hash-tagged), which the README states.
+"""
+
+PREFIX = "orders:"
+COMPLETIONS_STREAM = f"{PREFIX}completions"
+# Roughly how many completion events the stream keeps; readers that fall
+# further behind than this re-read the order hash instead.
+COMPLETIONS_MAXLEN = 100_000
+
+
+def order(order_id: str) -> str:
+    return f"{PREFIX}order:{order_id}"
+
+
+def ledger(order_id: str) -> str:
+    """Payment ids already counted as charged or refunded for the order."""
+    return f"{PREFIX}order:{order_id}:ledger"
+
+
+def stock(sku: str) -> str:
+    return f"{PREFIX}stock:{sku}"
+
+
+def reservation(order_id: str) -> str:
+    return f"{PREFIX}reservation:{order_id}"
+
+
+def gateway_charge(idempotency_key: str) -> str:
+    return f"{PREFIX}gateway:{idempotency_key}"

@@ -1,0 +1,117 @@
+"""A payment gateway simulator that behaves like a real one where it matters.
+
+- Latency on every call (``PAYMENT_LATENCY_MS``).
+- Transient failures at ``PAYMENT_TRANSIENT_FAILURE_RATE``; half of them happen
+  *after* the charge was made (the response is lost), as with a real gateway
+  timing out, so callers must rely on idempotency keys rather than on errors.
+- Declines for amounts above ``PAYMENT_DECLINE_ABOVE``.
+- Idempotency keys: one charge per key, a repeated call returns the first result.
+
+Its ledger lives in Redis under its own keys, standing in for the gateway's books.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from decimal import Decimal
+
+import redis
+
+from orders.adapters import redis_keys as keys
+from orders.domain import money
+from orders.domain.errors import GatewayUnavailable
+from orders.ports import ChargeResult, RefundResult
+
+# KEYS: charge record   ARGV: state if new (approved|declined), payment id, amount, currency
+_CHARGE = """
+local existing = redis.call('HMGET', KEYS[1], 'state', 'payment_id')
+if existing[1] then return existing end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'payment_id', ARGV[2],
+           'amount', ARGV[3], 'currency', ARGV[4])
+return {ARGV[1], ARGV[2]}
+"""
+
+# KEYS: charge record.  Returns the refunded payment id, or '' when nothing was refunded.
+_REFUND = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'approved' then
+  redis.call('HSET', KEYS[1], 'state', 'refunded')
+  return redis.call('HGET', KEYS[1], 'payment_id')
+end
+if state == 'refunded' then return redis.call('HGET', KEYS[1], 'payment_id') end
+if not state then redis.call('HSET', KEYS[1], 'state', 'voided', 'payment_id', '') end
+return ''
+"""
+
+
+class SimulatedGateway:
+    """:class:`orders.ports.PaymentGateway` simulator."""
+
+    def __init__(
+        self,
+        client: redis.Redis,  # created with decode_responses=True
+        *,
+        decline_above: Decimal,
+        transient_failure_rate: float = 0.0,
+        latency_ms: int = 0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._decline_above = decline_above
+        self._failure_rate = transient_failure_rate
+        self._latency_s = latency_ms / 1000
+        self._rng = rng or random.Random()
+        self._charge = client.register_script(_CHARGE)
+        self._refund = client.register_script(_REFUND)
+
+    def charge(self, idempotency_key: str, amount_minor: int, currency: str) -> ChargeResult:
+        self._network_delay()
+        fails_after = self._transient_failure()
+        if fails_after is False:
+            raise GatewayUnavailable("payment gateway timed out before charging")
+        declined = money.amount_above(amount_minor, currency, self._decline_above)
+        state, payment_id = self._charge(
+            keys=[keys.gateway_charge(idempotency_key)],
+            args=[
+                "declined" if declined else "approved",
+                _payment_id(idempotency_key),
+                amount_minor,
+                currency,
+            ],
+        )
+        if fails_after:
+            raise GatewayUnavailable("payment gateway timed out after charging")
+        if state in ("approved", "refunded"):
+            # A refunded charge is still the answer to this key; the caller's
+            # ledger already counted it once.
+            return ChargeResult(approved=True, payment_id=payment_id)
+        if state == "voided":
+            return ChargeResult(approved=False, detail="charge voided before it was made")
+        return ChargeResult(
+            approved=False,
+            detail=f"amount {money.format_money(amount_minor, currency)} is above the "
+            f"decline limit of {self._decline_above} {currency}",
+        )
+
+    def refund(self, idempotency_key: str) -> RefundResult:
+        self._network_delay()
+        if self._transient_failure() is not None:
+            raise GatewayUnavailable("payment gateway timed out during refund")
+        payment_id = self._refund(keys=[keys.gateway_charge(idempotency_key)])
+        return RefundResult(payment_id=payment_id)
+
+    def _network_delay(self) -> None:
+        if self._latency_s:
+            time.sleep(self._latency_s)
+
+    def _transient_failure(self) -> bool | None:
+        """``None``: no failure; ``False``: fail before acting; ``True``: after."""
+        if self._failure_rate and self._rng.random() < self._failure_rate:
+            return self._rng.random() < 0.5
+        return None
+
+
+def _payment_id(idempotency_key: str) -> str:
+    # Deterministic, so a lost response and its retry name the same payment.
+    return "pay_" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:24]
