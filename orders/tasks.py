@@ -110,7 +110,9 @@ def settle_order(
     )
     # Fire and forget (a task never waits on another); the ids are deterministic
     # so a settle that runs twice sends the same compensation, which is idempotent.
-    chain(*(s.set(task_id=f"{self.request.id}:{i}") for i, s in enumerate(steps))).apply_async()
+    chain(
+        *(s.set(task_id=f"{self.request.id}:{i}", immutable=True) for i, s in enumerate(steps))
+    ).apply_async()
 
 
 @_task(names.TASK_RELEASE)

@@ -41,15 +41,18 @@ def order_workflow(app: Celery, raw: RawOrder, epoch: int, run: int) -> Signatur
 
 
 def abandon_workflow(app: Celery, order: Order, epoch: int, detail: str) -> Signature:
-    """Compensate an order that is being dead-lettered, then mark it so."""
+    """Compensate an order that is being dead-lettered, then mark it so.
+
+    Immutable signatures: each step takes its own arguments, not the previous result.
+    """
     kw = {"order_id": order.order_id, "epoch": epoch}
     wid = f"{order.order_id}:{epoch}:abandon"
     return chain(
-        app.signature(names.TASK_RELEASE, kwargs={**kw, "quantities": order.quantities()}).set(
-            task_id=f"{wid}:release"
-        ),
-        app.signature(names.TASK_REFUND, kwargs=kw).set(task_id=f"{wid}:refund"),
-        app.signature(names.TASK_ABANDON, kwargs={**kw, "detail": detail}).set(
+        app.signature(
+            names.TASK_RELEASE, kwargs={**kw, "quantities": order.quantities()}, immutable=True
+        ).set(task_id=f"{wid}:release"),
+        app.signature(names.TASK_REFUND, kwargs=kw, immutable=True).set(task_id=f"{wid}:refund"),
+        app.signature(names.TASK_ABANDON, kwargs={**kw, "detail": detail}, immutable=True).set(
             task_id=f"{wid}:mark"
         ),
     )

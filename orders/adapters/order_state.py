@@ -62,7 +62,11 @@ local f = redis.call('HMGET', h, 'published', 'outcome', 'dead', 'error', 'updat
 local epoch, run = tonumber(f[6]) or 1, tonumber(f[7]) or 0
 if f[1] and f[1] ~= '' then return {'done', epoch, run, ''} end
 if f[2] and f[2] ~= '' then return {'publish', epoch, run, ''} end
-if ARGV[3] == 'poll' and f[4] and f[4] ~= '' then return {'errored', epoch, run, f[4]} end
+if ARGV[3] == 'poll' then
+  -- Someone is waiting on this run: report failures, never start a new epoch.
+  if f[3] == '1' then return {'errored', epoch, run, 'order was dead-lettered'} end
+  if f[4] and f[4] ~= '' then return {'errored', epoch, run, f[4]} end
+end
 if f[3] == '1' then
   epoch = epoch + 1
   redis.call('HSET', h, 'epoch', epoch, 'run', 1, 'dead', '', 'error', '', 'status',

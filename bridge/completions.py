@@ -1,0 +1,83 @@
+"""Waiting for many workflows at once on one Redis stream.
+
+The workflow's last step appends ``{order_id, event}`` to a stream in the same
+script that records the outcome (see ``orders.adapters.order_state``). One
+reader per bridge blocks on ``XREAD`` for a batch of entries and wakes the
+handlers waiting for those orders: one round trip per batch, not one result
+subscription or poll per order. Every bridge reads the whole stream and ignores
+orders it is not waiting for.
+
+An entry can be missed (the reader was reconnecting, the stream was trimmed);
+waiters therefore also re-read their order's state now and then, so a missed
+wake-up costs latency, never an order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+
+import redis.asyncio
+from redis.exceptions import RedisError
+
+from orders.adapters import redis_keys as keys
+
+log = logging.getLogger(__name__)
+
+
+class CompletionWatcher:
+    def __init__(self, client: redis.asyncio.Redis, block_ms: int = 1000, batch: int = 1000):
+        self._redis = client
+        self._block_ms = block_ms
+        self._batch = batch
+        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self.healthy = False
+
+    def expect(self, order_id: str) -> asyncio.Event:
+        """An event set whenever the order's workflow reports; :meth:`forget` it after."""
+        event = asyncio.Event()
+        self._waiters[order_id].add(event)
+        return event
+
+    def forget(self, order_id: str, event: asyncio.Event) -> None:
+        waiters = self._waiters.get(order_id)
+        if waiters is not None:
+            waiters.discard(event)
+            if not waiters:
+                del self._waiters[order_id]
+
+    async def run(self) -> None:
+        """Read the stream until cancelled; survives Redis outages."""
+        last_id = None
+        backoff = 0.2
+        while True:
+            try:
+                if last_id is None:
+                    newest = await self._redis.xrevrange(keys.COMPLETIONS_STREAM, count=1)
+                    last_id = newest[0][0] if newest else "0-0"
+                reply = await self._redis.xread(
+                    {keys.COMPLETIONS_STREAM: last_id}, count=self._batch, block=self._block_ms
+                )
+                self.healthy = True
+                backoff = 0.2
+                for _stream, entries in reply:
+                    for entry_id, fields in entries:
+                        last_id = entry_id
+                        self._wake(fields.get("order_id", ""))
+            except RedisError as exc:
+                self.healthy = False
+                log.warning("completion stream unavailable (%s); retrying in %.1fs", exc, backoff)
+                # Everyone waiting re-checks their order once Redis is back.
+                self._wake_all()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _wake(self, order_id: str) -> None:
+        for event in self._waiters.get(order_id, ()):
+            event.set()
+
+    def _wake_all(self) -> None:
+        for waiters in self._waiters.values():
+            for event in waiters:
+                event.set()

@@ -1,0 +1,43 @@
+"""Prometheus metrics of the bridge, served at ``GET /metrics``."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class BridgeMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.received = Counter("orders_bridge_messages_received", "Messages fetched", registry=r)
+        self.acked = Counter("orders_bridge_messages_acked", "Messages acked", registry=r)
+        self.nakd = Counter(
+            "orders_bridge_messages_nakd", "Messages nak'd with a delay", registry=r
+        )
+        self.dead_lettered = Counter(
+            "orders_bridge_messages_dead_lettered",
+            "Messages sent to the DLQ",
+            ["cause"],
+            registry=r,
+        )
+        self.duplicates = Counter(
+            "orders_bridge_duplicates",
+            "Deliveries of orders whose outcome was already stored",
+            registry=r,
+        )
+        self.outcomes = Counter(
+            "orders_bridge_outcomes",
+            "Outcome events published",
+            ["outcome", "reason"],
+            registry=r,
+        )
+        self.workflows_sent = Counter(
+            "orders_bridge_workflows_sent", "Workflows sent to Celery", ["cause"], registry=r
+        )
+        self.in_flight = Gauge("orders_bridge_in_flight", "Messages being processed", registry=r)
+        self.latency = Histogram(
+            "orders_bridge_processing_seconds",
+            "From fetch to ack of one message",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=r,
+        )

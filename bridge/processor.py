@@ -1,0 +1,244 @@
+"""What the bridge does with one ``ORDER.created`` message.
+
+Every delivery ends in exactly one of:
+
+- **ack**: the outcome event is stored in JetStream (now or earlier);
+- **nak with a delay**: an infrastructure fault; the next delivery tries again;
+- **term** after the message is stored in the dead-letter stream: poison, or
+  transient faults that outlasted ``MAX_DELIVERIES`` (after compensation).
+
+Order of effects, so that a crash between any two lines loses nothing and
+repeats nothing: outcome recorded in Redis -> outcome event stored in JetStream
+(``Nats-Msg-Id`` dedups a re-publish) -> ``published`` recorded -> ack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+from celery import Celery
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from bridge import codec
+from bridge.completions import CompletionWatcher
+from bridge.dead_letter import dead_letter
+from bridge.dispatch import Dispatcher
+from bridge.metrics import BridgeMetrics
+from orders import names
+from orders.adapters.order_state import AsyncOrderState, Next
+from orders.domain.model import FailureReason, Invalid, Order, Outcome, OutcomeKind, RawOrder
+from orders.domain.settlement import failed_outcome
+from orders.domain.validation import Limits, unusable_order_id, validate_order
+from orders.settings import Settings
+from orders.workflow import abandon_workflow, order_workflow
+
+log = logging.getLogger(__name__)
+
+# How long to wait for compensation before dead-lettering anyway; compensation
+# tasks are durable in Redis and finish later if they must.
+ABANDON_WAIT_S = 30.0
+NATS_REQUEST_TIMEOUT_S = 5.0
+
+
+class WorkflowFailed(Exception):
+    """The workflow reported a failure after its retries (or the order was dead-lettered
+    by another bridge meanwhile)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Deps:
+    js: JetStreamContext
+    state: AsyncOrderState
+    watcher: CompletionWatcher
+    dispatcher: Dispatcher
+    celery: Celery
+    settings: Settings
+    limits: Limits
+    metrics: BridgeMetrics
+
+
+class OrderProcessor:
+    def __init__(self, deps: Deps) -> None:
+        self._d = deps
+        self._stall_s = deps.settings.workflow_stall_timeout.total_seconds()
+        self._poll_s = min(5.0, self._stall_s / 3)
+
+    async def handle(self, msg: Msg) -> None:
+        """Process one delivery to its single disposition. Never raises except on
+        cancellation (shutdown), where the caller naks."""
+        started = time.monotonic()
+        deliveries = msg.metadata.num_delivered
+        try:
+            raw = self._decode(msg)
+        except codec.PoisonMessage as exc:
+            await self._dead_letter(msg, exc.reason, cause="poison")
+            return
+        try:
+            await self._process(msg, raw)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # every infrastructure fault ends the same way
+            detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            log.warning("order %s delivery %d failed: %s", raw.order_id, deliveries, detail)
+            await self._retry_or_give_up(msg, raw, deliveries, detail)
+        finally:
+            self._d.metrics.latency.observe(time.monotonic() - started)
+
+    def _decode(self, msg: Msg) -> RawOrder:
+        raw = codec.decode_order_created(msg.data, max_bytes=self._d.settings.max_message_bytes)
+        if problem := unusable_order_id(raw.order_id, self._d.limits):
+            raise codec.PoisonMessage(problem)
+        return raw
+
+    async def _process(self, msg: Msg, raw: RawOrder) -> None:
+        d = self._d
+        verdict = validate_order(raw, d.limits)
+        begin = await d.state.begin(raw.order_id, self._stall_s)
+        if begin.next is Next.DONE:
+            d.metrics.duplicates.inc()
+            await self._ack(msg)
+            return
+        if begin.next in (Next.START, Next.ATTACH):
+            if isinstance(verdict, Invalid):
+                outcome = failed_outcome(raw.order_id, FailureReason.INVALID_ORDER, verdict.detail)
+                await d.state.finalize(begin.epoch, outcome)
+            elif await self._run_workflow(raw, begin.next is Next.START, begin.epoch, begin.run):
+                d.metrics.duplicates.inc()
+                await self._ack(msg)
+                return
+        view = await d.state.view(raw.order_id)
+        if view is None or view.outcome is None:
+            raise RuntimeError("order state lost its outcome")
+        await self._publish_outcome(view.outcome)
+        await d.state.mark_published(raw.order_id, view.outcome.kind)
+        await self._ack(msg)
+
+    async def _run_workflow(self, raw: RawOrder, start: bool, epoch: int, run: int) -> bool:
+        """Send (or re-attach to) the workflow and wait for its outcome to be recorded.
+        Returns ``True`` when another bridge already published the outcome."""
+        d = self._d
+        event = d.watcher.expect(raw.order_id)
+        try:
+            if start:
+                await d.dispatcher.send(order_workflow(d.celery, raw, epoch, run))
+                d.metrics.workflows_sent.labels("new" if run == 1 else "retry").inc()
+            while True:
+                await _woken_or_timeout(event, self._poll_s)
+                poll = await d.state.begin(raw.order_id, self._stall_s, poll=True)
+                if poll.next is Next.PUBLISH:
+                    return False
+                if poll.next is Next.DONE:
+                    return True
+                if poll.next is Next.ERRORED:
+                    raise WorkflowFailed(poll.error)
+                if poll.next is Next.START:
+                    log.warning(
+                        "order %s: workflow stalled, sending run %d", raw.order_id, poll.run
+                    )
+                    await d.dispatcher.send(order_workflow(d.celery, raw, poll.epoch, poll.run))
+                    d.metrics.workflows_sent.labels("stalled").inc()
+        finally:
+            d.watcher.forget(raw.order_id, event)
+
+    async def _publish_outcome(self, outcome: Outcome) -> None:
+        subject = (
+            names.SUBJECT_COMPLETED
+            if outcome.kind is OutcomeKind.COMPLETED
+            else names.SUBJECT_FAILED
+        )
+        await self._d.js.publish(
+            subject,
+            codec.encode_outcome(outcome),
+            headers={names.HDR_MSG_ID: names.outcome_msg_id(outcome.order_id, outcome.kind)},
+            timeout=NATS_REQUEST_TIMEOUT_S,
+            stream=names.ORDERS_STREAM,
+        )
+        reason = outcome.reason.value if outcome.reason else ""
+        self._d.metrics.outcomes.labels(outcome.kind.value, reason).inc()
+
+    async def _retry_or_give_up(self, msg: Msg, raw: RawOrder, deliveries: int, detail: str):
+        if deliveries < self._d.settings.max_deliveries:
+            await self._nak(msg, deliveries)
+            return
+        reason = f"transient failures outlasted {deliveries} deliveries: {detail}"
+        try:
+            if await self._abandon(raw, reason):
+                # The workflow finished after all: publish its outcome instead.
+                await self._process(msg, raw)
+                return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("order %s: compensation not confirmed (%s)", raw.order_id, exc)
+            if deliveries < self._d.settings.max_deliveries + 2:
+                await self._nak(msg, deliveries)
+                return
+            reason += "; compensation not confirmed"
+        await self._dead_letter(msg, reason, cause="retries_exhausted")
+
+    async def _abandon(self, raw: RawOrder, reason: str) -> bool:
+        """Release stock and refund before dead-lettering. Returns ``True`` if the order
+        turned out to have an outcome (nothing to abandon)."""
+        d = self._d
+        view = await d.state.view(raw.order_id)
+        if view is None:
+            return False  # never started: nothing to compensate
+        if view.outcome is not None:
+            return True
+        order = validate_order(raw, d.limits)
+        if not isinstance(order, Order) or view.reason == "DEAD_LETTERED":
+            return False
+        event = d.watcher.expect(raw.order_id)
+        try:
+            await d.dispatcher.send(abandon_workflow(d.celery, order, view.epoch, reason))
+            deadline = time.monotonic() + ABANDON_WAIT_S
+            while time.monotonic() < deadline:
+                await _woken_or_timeout(event, self._poll_s)
+                view = await d.state.view(raw.order_id)
+                if view is not None and view.outcome is not None:
+                    return True
+                if view is not None and view.reason == "DEAD_LETTERED":
+                    return False
+            raise TimeoutError("compensation did not finish in time")
+        finally:
+            d.watcher.forget(raw.order_id, event)
+
+    async def _dead_letter(self, msg: Msg, reason: str, cause: str) -> None:
+        try:
+            await dead_letter(self._d.js, msg, reason, timeout=NATS_REQUEST_TIMEOUT_S)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("dead-lettering failed (%s); will be redelivered", exc)
+            await self._nak(msg, msg.metadata.num_delivered)
+            return
+        log.warning("dead-lettered stream sequence %d: %s", msg.metadata.sequence.stream, reason)
+        self._d.metrics.dead_lettered.labels(cause).inc()
+
+    async def _ack(self, msg: Msg) -> None:
+        await msg.ack()
+        self._d.metrics.acked.inc()
+
+    async def _nak(self, msg: Msg, deliveries: int) -> None:
+        # Never a bare nak: it redelivers at once and burns the delivery budget.
+        cap = self._d.settings.nak_delay_max.total_seconds()
+        delay = min(cap, 0.5 * 2 ** (deliveries - 1)) * random.uniform(0.5, 1.0)
+        try:
+            await msg.nak(delay=delay)
+            self._d.metrics.nakd.inc()
+        except Exception as exc:
+            # NATS is unreachable: the server redelivers after ack_wait anyway.
+            log.warning("nak failed (%s); the message returns after ack_wait", exc)
+
+
+async def _woken_or_timeout(event: asyncio.Event, timeout: float) -> None:
+    """Wait for a completion event or the poll interval, whichever comes first."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout=timeout)
+    event.clear()
