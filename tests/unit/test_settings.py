@@ -1,0 +1,75 @@
+"""Invalid configuration stops a process with one line naming the variable."""
+
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+
+from orders.settings import ConfigError, load_settings, redact_url
+
+pytestmark = pytest.mark.unit
+
+
+def test_contract_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("NATS_URL", "REDIS_URL", "PORT", "PAYMENT_DECLINE_ABOVE"):
+        monkeypatch.delenv(name, raising=False)
+    s = load_settings()
+    assert s.nats_url == "nats://127.0.0.1:4222"
+    assert s.redis_url == "redis://127.0.0.1:6379/0"
+    assert s.port == 8080 and s.inventory_default_stock == 1000
+    assert str(s.payment_decline_above) == "10000.00"
+    assert s.orders_max_age == timedelta(days=7)
+    assert s.orders_duplicate_window == timedelta(minutes=2)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PAYMENT_DECLINE_ABOVE", "lots"),
+        ("PAYMENT_TRANSIENT_FAILURE_RATE", "1.5"),
+        ("PORT", "99999"),
+        ("REDIS_URL", "http://example"),
+        ("NATS_URL", "nats://ok:4222,http://bad"),
+        ("ORDERS_DUPLICATE_WINDOW", "0"),
+    ],
+)
+def test_invalid_values_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=f"^invalid setting {variable}: "):
+        load_settings()
+
+
+def test_durations_accept_plain_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ACK_WAIT", "45")
+    assert load_settings().ack_wait == timedelta(seconds=45)
+
+
+def test_secrets_are_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "http://user:hunter2@host")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "hunter2" not in str(info.value)
+    assert "hunter2" not in redact_url("redis://user:hunter2@host:6379/0")
+    assert redact_url("nats://a:b@h:1,nats://h2:2") == "nats://a:***@h:1,nats://h2:2"
+
+
+@pytest.mark.parametrize("command", ["orders-bridge", "orders-worker"])
+def test_processes_stop_with_one_line(command: str) -> None:
+    script = {
+        "orders-bridge": "from bridge.main import main; main()",
+        "orders-worker": "from orders.worker import main; main()",
+    }[command]
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env={"PAYMENT_LATENCY_MS": "soon", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"{command}: invalid setting PAYMENT_LATENCY_MS: {lines[0].split(': ', 2)[2]}"]
+    assert "Traceback" not in result.stderr
