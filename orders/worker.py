@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import sys
 
+from celery import Celery
+
 from orders import names
 from orders.celery_app import create_app
 from orders.settings import ConfigError, load_settings
 
 
-def _app_from_env():
+def _app_from_env() -> Celery:
     try:
         return create_app(load_settings())
     except ConfigError as exc:
