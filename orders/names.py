@@ -40,6 +40,12 @@ def dlq_msg_id(stream_sequence: int) -> str:
     return f"dlq:{stream_sequence}"
 
 
+def replay_msg_id(dlq_sequence: int, now_ms: int) -> str:
+    """``Nats-Msg-Id`` of a replayed dead letter: one no earlier publish used, so the
+    duplicate window keeps the replay."""
+    return f"replay:{dlq_sequence}:{now_ms}"
+
+
 # Celery queues: one per step so each can be scaled on its own.
 QUEUE_ORDERS: Final = "orders"
 QUEUE_INVENTORY: Final = "inventory"
