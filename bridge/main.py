@@ -13,7 +13,6 @@ import signal
 import sys
 
 import nats
-import redis.asyncio
 from nats.aio.client import Client as NATS
 
 from bridge.completions import CompletionWatcher
@@ -25,8 +24,8 @@ from bridge.processor import Deps, OrderProcessor
 from bridge.topology import ensure_topology
 from orders import names
 from orders.adapters.order_state import AsyncOrderState
+from orders.adapters.redis_client import async_client
 from orders.bootstrap import limits
-from orders.celery_app import REDIS_SOCKET_TIMEOUT_S
 from orders.celery_app import create_app as create_celery
 from orders.settings import ConfigError, Settings, load_settings, redact_url
 
@@ -67,14 +66,7 @@ async def run(settings: Settings) -> None:
     js = nc.jetstream(timeout=5)
     await ensure_topology(js, settings)
 
-    redis_client = redis.asyncio.Redis.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
-        socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S,
-        socket_keepalive=True,
-        health_check_interval=10,
-    )
+    redis_client = async_client(settings.redis_url)
     metrics = BridgeMetrics()
     watcher = CompletionWatcher(redis_client)
     dispatcher = Dispatcher()

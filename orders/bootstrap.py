@@ -11,9 +11,9 @@ import os
 import redis
 
 from orders.adapters.order_state import OrderState
+from orders.adapters.redis_client import sync_client
 from orders.adapters.redis_inventory import RedisInventory
 from orders.adapters.simulated_gateway import SimulatedGateway
-from orders.celery_app import REDIS_SOCKET_TIMEOUT_S
 from orders.domain.validation import Limits
 from orders.services import Pipeline
 from orders.settings import Settings, load_settings
@@ -22,15 +22,7 @@ _pipeline: Pipeline | None = None
 
 
 def redis_client(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
-        socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S,
-        socket_keepalive=True,
-        health_check_interval=10,
-        retry_on_timeout=False,
-    )
+    return sync_client(settings.redis_url)
 
 
 def limits(settings: Settings) -> Limits:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from celery import Celery
 
 from orders import names
+from orders.adapters.redis_client import REDIS_SOCKET_TIMEOUT_S
 from orders.settings import Settings
 
 # A task taken by a worker and not acked returns to its queue after this long
@@ -24,10 +25,6 @@ VISIBILITY_TIMEOUT_S = 300
 # so the counters live as long (results themselves are not stored: tasks
 # ignore them, so this keeps only chord bookkeeping).
 RESULT_EXPIRES_S = 7 * 24 * 3600
-
-# Redis calls that hang on a half-open connection must fail within this long so
-# the task is retried instead of freezing the worker.
-REDIS_SOCKET_TIMEOUT_S = 15
 
 
 def create_app(settings: Settings) -> Celery:
