@@ -31,7 +31,7 @@ from bridge.dead_letter import dead_letter
 from bridge.dispatch import Dispatcher
 from bridge.metrics import BridgeMetrics
 from orders import names
-from orders.adapters.order_state import AsyncOrderState, Next
+from orders.adapters.order_state import DEAD_LETTERED, AsyncOrderState, Next
 from orders.domain.model import FailureReason, Invalid, Order, Outcome, OutcomeKind, RawOrder
 from orders.domain.settlement import failed_outcome
 from orders.domain.validation import Limits, unusable_order_id, validate_order
@@ -126,8 +126,7 @@ class OrderProcessor:
         event = d.watcher.expect(raw.order_id)
         try:
             if start:
-                await d.dispatcher.send(order_workflow(d.celery, raw, epoch, run))
-                d.metrics.workflows_sent.labels("new" if run == 1 else "retry").inc()
+                await self._send(raw, epoch, run, "new" if run == 1 else "retry")
             while True:
                 await _woken_or_timeout(event, self._poll_s)
                 poll = await d.state.begin(raw.order_id, self._stall_s, poll=True)
@@ -141,10 +140,19 @@ class OrderProcessor:
                     log.warning(
                         "order %s: workflow stalled, sending run %d", raw.order_id, poll.run
                     )
-                    await d.dispatcher.send(order_workflow(d.celery, raw, poll.epoch, poll.run))
-                    d.metrics.workflows_sent.labels("stalled").inc()
+                    await self._send(raw, poll.epoch, poll.run, "stalled")
         finally:
             d.watcher.forget(raw.order_id, event)
+
+    async def _send(self, raw: RawOrder, epoch: int, run: int, cause: str) -> None:
+        d = self._d
+        try:
+            await d.dispatcher.send(order_workflow(d.celery, raw, epoch, run))
+        except Exception:
+            with contextlib.suppress(Exception):  # best effort; else the stall timeout
+                await d.state.mark_unsent(raw.order_id)
+            raise
+        d.metrics.workflows_sent.labels(cause).inc()
 
     async def _publish_outcome(self, outcome: Outcome) -> None:
         subject = (
@@ -192,7 +200,7 @@ class OrderProcessor:
         if view.outcome is not None:
             return True
         order = validate_order(raw, d.limits)
-        if not isinstance(order, Order) or view.reason == "DEAD_LETTERED":
+        if not isinstance(order, Order) or view.reason == DEAD_LETTERED:
             return False
         event = d.watcher.expect(raw.order_id)
         try:
@@ -203,7 +211,7 @@ class OrderProcessor:
                 view = await d.state.view(raw.order_id)
                 if view is not None and view.outcome is not None:
                     return True
-                if view is not None and view.reason == "DEAD_LETTERED":
+                if view is not None and view.reason == DEAD_LETTERED:
                     return False
             raise TimeoutError("compensation did not finish in time")
         finally:

@@ -297,6 +297,11 @@ class AsyncOrderState:
             )
         )
 
+    async def mark_unsent(self, order_id: str) -> None:
+        """The workflow could not be sent: the next delivery must send it, not wait
+        for a workflow that does not exist."""
+        await self._redis.hset(keys.order(order_id), "error", "workflow could not be sent")
+
     async def mark_published(self, order_id: str, kind: OutcomeKind) -> None:
         await self._redis.hset(keys.order(order_id), "published", kind.value)
 
