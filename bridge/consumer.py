@@ -69,8 +69,10 @@ class Consumer:
                 msgs = await sub.fetch(
                     min(free, self._settings.bridge_fetch_batch), timeout=FETCH_TIMEOUT_S
                 )
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, TimeoutError):
+                # Nothing to fetch (nats-py raises either class for an empty batch).
                 self.last_fetch_ok = time.monotonic()
+                backoff = 0.1
                 continue
             except asyncio.CancelledError:
                 raise
@@ -82,7 +84,11 @@ class Consumer:
             backoff = 0.1
             self.last_fetch_ok = time.monotonic()
             for msg in msgs:
-                self._start(msg)
+                if self._stopping.is_set():
+                    # Fetched while being told to stop: hand it straight back.
+                    await self._hand_back(msg)
+                else:
+                    self._start(msg)
 
     def _start(self, msg: Msg) -> None:
         self._metrics.received.inc()
@@ -110,6 +116,12 @@ class Consumer:
                 except Exception as exc:
                     log.debug("in_progress failed: %s", exc)
 
+    async def _hand_back(self, msg: Msg) -> None:
+        try:
+            await msg.nak(delay=SHUTDOWN_NAK_DELAY_S)
+        except Exception as exc:
+            log.debug("nak on shutdown failed: %s", exc)
+
     async def _drain(self) -> None:
         if not self._in_flight:
             return
@@ -120,10 +132,7 @@ class Consumer:
             msg = self._in_flight.get(task)
             task.cancel()
             if msg is not None:
-                try:
-                    await msg.nak(delay=SHUTDOWN_NAK_DELAY_S)
-                except Exception as exc:
-                    log.debug("nak on shutdown failed: %s", exc)
+                await self._hand_back(msg)
         if pending:
             await asyncio.wait(pending, timeout=5)
             log.info("handed back %d unfinished messages", len(pending))

@@ -160,15 +160,16 @@ class OrderProcessor:
             if outcome.kind is OutcomeKind.COMPLETED
             else names.SUBJECT_FAILED
         )
-        await self._d.js.publish(
+        ack = await self._d.js.publish(
             subject,
             codec.encode_outcome(outcome),
             headers={names.HDR_MSG_ID: names.outcome_msg_id(outcome.order_id, outcome.kind)},
             timeout=NATS_REQUEST_TIMEOUT_S,
             stream=names.ORDERS_STREAM,
         )
-        reason = outcome.reason.value if outcome.reason else ""
-        self._d.metrics.outcomes.labels(outcome.kind.value, reason).inc()
+        if not ack.duplicate:
+            reason = outcome.reason.value if outcome.reason else ""
+            self._d.metrics.outcomes.labels(outcome.kind.value, reason).inc()
 
     async def _retry_or_give_up(self, msg: Msg, raw: RawOrder, deliveries: int, detail: str):
         if deliveries < self._d.settings.max_deliveries:

@@ -16,6 +16,7 @@ import redis
 
 from bridge.cli import dlq, inventory, publish, status
 from bridge.cli._common import EXIT_CONFIG, CommandError, describe
+from bridge.devrun import run_command
 from orders.settings import ConfigError
 
 
@@ -47,6 +48,7 @@ cli.add_command(status.status)
 cli.add_command(inventory.inventory)
 cli.add_command(publish.publish)
 cli.add_command(dlq.dlq)
+cli.add_command(run_command)
 
 
 def main() -> None:
