@@ -30,19 +30,17 @@ from bridge.completions import CompletionWatcher
 from bridge.dead_letter import dead_letter
 from bridge.dispatch import Dispatcher
 from bridge.metrics import BridgeMetrics
+from bridge.topology import SERVER_DELIVERY_GRACE
 from orders import names
-from orders.adapters.order_state import DEAD_LETTERED, AsyncOrderState, Next
+from orders.adapters.order_state import AsyncOrderState, Next
 from orders.domain.model import FailureReason, Invalid, Order, Outcome, OutcomeKind, RawOrder
 from orders.domain.settlement import failed_outcome
 from orders.domain.validation import Limits, unusable_order_id, validate_order
 from orders.settings import Settings
-from orders.workflow import abandon_workflow, order_workflow
+from orders.workflow import compensation, order_workflow
 
 log = logging.getLogger(__name__)
 
-# How long to wait for compensation before dead-lettering anyway; compensation
-# tasks are durable in Redis and finish later if they must.
-ABANDON_WAIT_S = 30.0
 NATS_REQUEST_TIMEOUT_S = 5.0
 
 
@@ -80,13 +78,20 @@ class OrderProcessor:
             await self._dead_letter(msg, exc.reason, cause="poison")
             return
         try:
-            await self._process(msg, raw)
+            if deliveries > self._d.settings.max_deliveries:
+                # Given up on already (the dead-lettering did not complete): finish that.
+                await self._give_up(msg, raw, deliveries, "an earlier delivery gave up")
+            else:
+                await self._process(msg, raw)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # every infrastructure fault ends the same way
             detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             log.warning("order %s delivery %d failed: %s", raw.order_id, deliveries, detail)
-            await self._retry_or_give_up(msg, raw, deliveries, detail)
+            if deliveries < self._d.settings.max_deliveries:
+                await self._nak(msg, deliveries)
+            else:
+                await self._give_up(msg, raw, deliveries, detail)
         finally:
             self._d.metrics.latency.observe(time.monotonic() - started)
 
@@ -171,29 +176,36 @@ class OrderProcessor:
             reason = outcome.reason.value if outcome.reason else ""
             self._d.metrics.outcomes.labels(outcome.kind.value, reason).inc()
 
-    async def _retry_or_give_up(self, msg: Msg, raw: RawOrder, deliveries: int, detail: str):
-        if deliveries < self._d.settings.max_deliveries:
-            await self._nak(msg, deliveries)
-            return
+    async def _give_up(self, msg: Msg, raw: RawOrder, deliveries: int, detail: str) -> None:
+        """Transient faults outlasted every delivery: compensate, then dead-letter."""
         reason = f"transient failures outlasted {deliveries} deliveries: {detail}"
         try:
-            if await self._abandon(raw, reason):
-                # The workflow finished after all: publish its outcome instead.
-                await self._process(msg, raw)
-                return
+            finished = await self._abandon(raw, reason)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("order %s: compensation not confirmed (%s)", raw.order_id, exc)
-            if deliveries < self._d.settings.max_deliveries + 2:
+            log.warning("order %s: could not start compensation (%s)", raw.order_id, exc)
+            if deliveries < self._d.settings.max_deliveries + SERVER_DELIVERY_GRACE:
                 await self._nak(msg, deliveries)
                 return
-            reason += "; compensation not confirmed"
-        await self._dead_letter(msg, reason, cause="retries_exhausted")
+            # The server will not deliver this message again: keep it in the DLQ.
+            reason += f"; compensation not started: {type(exc).__name__}"
+            finished = False
+        if not finished:
+            await self._dead_letter(msg, reason, cause="retries_exhausted")
+            return
+        try:  # the workflow finished after all: its outcome, not a dead letter
+            await self._process(msg, raw)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("order %s: publishing a late outcome failed (%s)", raw.order_id, exc)
+            await self._nak(msg, deliveries)
 
     async def _abandon(self, raw: RawOrder, reason: str) -> bool:
-        """Release stock and refund before dead-lettering. Returns ``True`` if the order
-        turned out to have an outcome (nothing to abandon)."""
+        """Mark the order dead-lettered, then send its compensation (not waited for:
+        compensation tasks retry until they succeed). Returns ``True`` if the order
+        has an outcome after all."""
         d = self._d
         view = await d.state.view(raw.order_id)
         if view is None:
@@ -201,22 +213,13 @@ class OrderProcessor:
         if view.outcome is not None:
             return True
         order = validate_order(raw, d.limits)
-        if not isinstance(order, Order) or view.reason == DEAD_LETTERED:
+        if not isinstance(order, Order):
             return False
-        event = d.watcher.expect(raw.order_id)
-        try:
-            await d.dispatcher.send(abandon_workflow(d.celery, order, view.epoch, reason))
-            deadline = time.monotonic() + ABANDON_WAIT_S
-            while time.monotonic() < deadline:
-                await _woken_or_timeout(event, self._poll_s)
-                view = await d.state.view(raw.order_id)
-                if view is not None and view.outcome is not None:
-                    return True
-                if view is not None and view.reason == DEAD_LETTERED:
-                    return False
-            raise TimeoutError("compensation did not finish in time")
-        finally:
-            d.watcher.forget(raw.order_id, event)
+        if not await d.state.abandon(raw.order_id, view.epoch, reason):
+            return True
+        await d.dispatcher.send(compensation(d.celery, order, view.epoch))
+        d.metrics.workflows_sent.labels("compensation").inc()
+        return False
 
     async def _dead_letter(self, msg: Msg, reason: str, cause: str) -> None:
         try:

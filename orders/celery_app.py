@@ -66,11 +66,15 @@ def create_app(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         # Flower shows tasks only when workers send events.
         worker_send_task_events=True,
-        task_annotations={
-            "*": {
-                "max_retries": settings.task_max_retries,
-                "retry_backoff_max": int(settings.task_retry_backoff_max.total_seconds()),
-            }
-        },
+        # By name, not "*": a "*" annotation would override the compensations'
+        # unlimited retries (Celery applies it after the specific ones).
+        task_annotations={name: _retry_policy(name, settings) for name in names.ALL_TASKS},
     )
     return app
+
+
+def _retry_policy(task_name: str, settings: Settings) -> dict[str, int]:
+    policy = {"retry_backoff_max": int(settings.task_retry_backoff_max.total_seconds())}
+    if task_name in names.CAPPED_RETRY_TASKS:
+        policy["max_retries"] = settings.task_max_retries
+    return policy

@@ -56,11 +56,22 @@ ALL_QUEUES: Final = (QUEUE_ORDERS, QUEUE_INVENTORY, QUEUE_PAYMENTS)
 TASK_VALIDATE: Final = "orders.validate_order"
 TASK_SETTLE: Final = "orders.settle_order"
 TASK_FINALIZE: Final = "orders.finalize_order"
-TASK_ABANDON: Final = "orders.abandon_order"
 TASK_RESERVE: Final = "inventory.reserve_stock"
 TASK_RELEASE: Final = "inventory.release_stock"
 TASK_CHARGE: Final = "payments.charge_payment"
 TASK_REFUND: Final = "payments.refund_payment"
+
+ALL_TASKS: Final = (
+    TASK_VALIDATE,
+    TASK_SETTLE,
+    TASK_FINALIZE,
+    TASK_RESERVE,
+    TASK_RELEASE,
+    TASK_CHARGE,
+    TASK_REFUND,
+)
+# Steps whose retries are capped (``TASK_MAX_RETRIES``); compensations never give up.
+CAPPED_RETRY_TASKS: Final = (TASK_VALIDATE, TASK_SETTLE, TASK_FINALIZE, TASK_RESERVE, TASK_CHARGE)
 
 TASK_ROUTES: Final = {
     "orders.*": {"queue": QUEUE_ORDERS},

@@ -39,8 +39,8 @@ class PaymentGateway(Protocol):
 
 class Inventory(Protocol):
     def reserve(self, order_id: str, epoch: int, quantities: dict[str, int]) -> StepResult:
-        """Reserve every product or none, atomically; idempotent per order: a reservation
-        that exists is returned, a rejection or release in this epoch is repeated."""
+        """Reserve every product or none, atomically, once per order and epoch: a
+        repeated call returns the first call's answer and takes no more stock."""
         ...
 
     def release(self, order_id: str, epoch: int, quantities: dict[str, int]) -> bool:

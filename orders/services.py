@@ -76,13 +76,11 @@ def release_step(p: Pipeline, order_id: str, epoch: int, quantities: dict[str, i
 def refund_step(p: Pipeline, order_id: str, epoch: int) -> None:
     refunded = p.gateway.refund(charge_key(order_id, epoch))
     if refunded.payment_id:
+        # The charge may have gone through with its response lost (never counted):
+        # a refund proves it happened, so count both, each once.
+        p.state.count_charge(order_id, refunded.payment_id)
         p.state.count_refund(order_id, refunded.payment_id)
 
 
 def finalize_step(p: Pipeline, epoch: int, outcome: Outcome) -> None:
     p.state.finalize(epoch, outcome)
-
-
-def abandon_step(p: Pipeline, order_id: str, epoch: int, detail: str) -> None:
-    """Mark the order dead-lettered; runs after its stock is released and charge refunded."""
-    p.state.abandon(order_id, epoch, detail)

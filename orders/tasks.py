@@ -27,7 +27,7 @@ TRANSIENT = (TransientError, redis.ConnectionError, redis.TimeoutError)
 class StepTask(Task):  # type: ignore[misc]
     """Base of every pipeline task: idempotent steps, retried on transient faults
     with exponential backoff and full jitter, capped by ``max_retries``
-    (``TASK_MAX_RETRIES``, applied as a task annotation)."""
+    (``TASK_MAX_RETRIES``, applied as a task annotation, see ``celery_app``)."""
 
     autoretry_for = TRANSIENT
     retry_backoff = 1
@@ -115,12 +115,19 @@ def settle_order(
     ).apply_async()
 
 
-@_task(names.TASK_RELEASE)
+class CompensationTask(StepTask):
+    """Compensations must eventually happen: a refund owed is retried (backoff capped
+    at ``retry_backoff_max``) until the gateway answers, never given up on."""
+
+    max_retries = None
+
+
+@shared_task(name=names.TASK_RELEASE, base=CompensationTask)
 def release_stock(*, order_id: str, epoch: int, quantities: dict[str, int]) -> None:
     services.release_step(bootstrap.pipeline(), order_id, epoch, quantities)
 
 
-@_task(names.TASK_REFUND)
+@shared_task(name=names.TASK_REFUND, base=CompensationTask)
 def refund_payment(*, order_id: str, epoch: int) -> None:
     services.refund_step(bootstrap.pipeline(), order_id, epoch)
 
@@ -128,11 +135,6 @@ def refund_payment(*, order_id: str, epoch: int) -> None:
 @_task(names.TASK_FINALIZE)
 def finalize_order(*, order_id: str, epoch: int, outcome: dict[str, Any]) -> None:
     services.finalize_step(bootstrap.pipeline(), epoch, Outcome.model_validate(outcome))
-
-
-@_task(names.TASK_ABANDON)
-def abandon_order(*, order_id: str, epoch: int, detail: str) -> None:
-    services.abandon_step(bootstrap.pipeline(), order_id, epoch, detail)
 
 
 def _encode_verdict(verdict: Order | Invalid) -> dict[str, Any]:

@@ -40,19 +40,14 @@ def order_workflow(app: Celery, raw: RawOrder, epoch: int, run: int) -> Signatur
     )
 
 
-def abandon_workflow(app: Celery, order: Order, epoch: int, detail: str) -> Signature:
-    """Compensate an order that is being dead-lettered, then mark it so.
-
-    Immutable signatures: each step takes its own arguments, not the previous result.
-    """
+def compensation(app: Celery, order: Order, epoch: int) -> Signature:
+    """Release the epoch's stock and refund its charge, in parallel; each is idempotent
+    (and blocks a late reservation or charge of the epoch), and retried until done."""
     kw = {"order_id": order.order_id, "epoch": epoch}
-    wid = f"{order.order_id}:{epoch}:abandon"
-    return chain(
+    wid = f"{order.order_id}:{epoch}:compensate"
+    return group(
         app.signature(
             names.TASK_RELEASE, kwargs={**kw, "quantities": order.quantities()}, immutable=True
         ).set(task_id=f"{wid}:release"),
         app.signature(names.TASK_REFUND, kwargs=kw, immutable=True).set(task_id=f"{wid}:refund"),
-        app.signature(names.TASK_ABANDON, kwargs={**kw, "detail": detail}, immutable=True).set(
-            task_id=f"{wid}:mark"
-        ),
     )

@@ -2,8 +2,9 @@
 
 The hash is the order's memory across redeliveries, restarts and replays:
 
-- ``epoch`` counts processing attempts that ended in the dead-letter queue
-  (a replay starts a new epoch); charges and reservations are keyed on it;
+- ``epoch`` counts processing attempts: a delivery after the order was
+  dead-lettered (a replay) starts a new one; charges and reservations are keyed
+  on it, and a dead epoch can never record an outcome;
 - ``run`` counts workflow sends within an epoch (a stalled or failed workflow is
   sent again; task ids differ per run, effects do not);
 - ``outcome`` is set once per epoch by :data:`_FINALIZE`, atomically with the
@@ -222,7 +223,6 @@ class OrderState:
         self._touch = client.register_script(_TOUCH)
         self._finalize = client.register_script(_FINALIZE)
         self._record_error = client.register_script(_RECORD_ERROR)
-        self._abandon = client.register_script(_ABANDON)
         self._count_payment = client.register_script(_COUNT_PAYMENT)
 
     def touch(self, order_id: str, epoch: int) -> bool:
@@ -241,15 +241,6 @@ class OrderState:
     def record_error(self, order_id: str, epoch: int, detail: str) -> bool:
         return bool(
             self._record_error(
-                keys=[keys.order(order_id), keys.COMPLETIONS_STREAM],
-                args=[epoch, _now_ms(), keys.COMPLETIONS_MAXLEN, detail, order_id],
-            )
-        )
-
-    def abandon(self, order_id: str, epoch: int, detail: str) -> bool:
-        """Mark the order dead-lettered after compensation; ``False`` if an outcome won."""
-        return bool(
-            self._abandon(
                 keys=[keys.order(order_id), keys.COMPLETIONS_STREAM],
                 args=[epoch, _now_ms(), keys.COMPLETIONS_MAXLEN, detail, order_id],
             )
@@ -279,6 +270,7 @@ class AsyncOrderState:
         self._redis = client
         self._begin = client.register_script(_BEGIN)
         self._finalize = client.register_script(_FINALIZE)
+        self._abandon = client.register_script(_ABANDON)
 
     async def begin(self, order_id: str, stall_timeout_s: float, *, poll: bool = False) -> Begin:
         """Decide what to do with a delivery (``poll=False``) or with an order being
@@ -294,6 +286,17 @@ class AsyncOrderState:
             await self._finalize(
                 keys=[keys.order(outcome.order_id), keys.COMPLETIONS_STREAM],
                 args=_finalize_args(epoch, outcome),
+            )
+        )
+
+    async def abandon(self, order_id: str, epoch: int, detail: str) -> bool:
+        """Mark the order dead-lettered in this epoch, before compensating it: from here
+        on no outcome can be recorded for the epoch, so no late step can complete it.
+        ``False`` if an outcome was recorded first (then publish that instead)."""
+        return bool(
+            await self._abandon(
+                keys=[keys.order(order_id), keys.COMPLETIONS_STREAM],
+                args=[epoch, _now_ms(), keys.COMPLETIONS_MAXLEN, detail, order_id],
             )
         )
 

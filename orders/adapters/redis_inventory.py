@@ -11,50 +11,47 @@ import redis
 from orders.adapters import redis_keys as keys
 from orders.domain.model import FailureReason, StepResult
 
-# A reservation record keeps ``result`` (what reserving decided: reserved or
-# rejected) apart from ``state`` (whether stock is held now: reserved or
-# released), so a step repeated after compensation repeats its first answer and
-# the settlement it leads to is the same.
+# One reservation record per order and epoch (a replay of a dead-lettered order
+# is a new epoch and reserves afresh; compensating one epoch never touches
+# another). ``result`` is what reserving decided (reserved or rejected) and
+# ``state`` whether stock is held now (reserved, released or none), so a step
+# repeated after compensation repeats its first answer and leads to the same
+# settlement, without taking stock again.
 #
-# KEYS: reservation, stock_1..n   ARGV: epoch, default stock, qty_1..n, sku_1..n
+# KEYS: reservation, stock_1..n   ARGV: default stock, qty_1..n, sku_1..n
 _RESERVE = """
-local f = redis.call('HMGET', KEYS[1], 'result', 'epoch', 'detail', 'state')
-if f[4] == 'reserved' then return {'reserved', ''} end
-if f[2] == ARGV[1] then
-  if f[1] then return {f[1], f[3] or ''} end
-  return {'rejected', 'reservation cancelled before it was made'}
-end
+local f = redis.call('HMGET', KEYS[1], 'result', 'detail', 'state')
+if f[1] then return {f[1], f[2] or ''} end
+if f[3] == 'released' then return {'rejected', 'reservation cancelled before it was made'} end
 local n = #KEYS - 1
-local default = tonumber(ARGV[2])
+local default = tonumber(ARGV[1])
 for i = 1, n do
   local have = tonumber(redis.call('GET', KEYS[i + 1]) or default)
-  local want = tonumber(ARGV[2 + i])
+  local want = tonumber(ARGV[1 + i])
   if have < want then
-    local detail = ARGV[2 + n + i] .. ': requested ' .. want .. ', available ' .. have
-    redis.call('HSET', KEYS[1], 'result', 'rejected', 'state', 'none', 'epoch', ARGV[1],
-               'detail', detail)
+    local detail = ARGV[1 + n + i] .. ': requested ' .. want .. ', available ' .. have
+    redis.call('HSET', KEYS[1], 'result', 'rejected', 'state', 'none', 'detail', detail)
     return {'rejected', detail}
   end
 end
 for i = 1, n do
   if redis.call('EXISTS', KEYS[i + 1]) == 0 then redis.call('SET', KEYS[i + 1], default) end
-  redis.call('DECRBY', KEYS[i + 1], ARGV[2 + i])
+  redis.call('DECRBY', KEYS[i + 1], ARGV[1 + i])
 end
-redis.call('HSET', KEYS[1], 'result', 'reserved', 'state', 'reserved', 'epoch', ARGV[1],
-           'detail', '')
+redis.call('HSET', KEYS[1], 'result', 'reserved', 'state', 'reserved', 'detail', '')
 return {'reserved', ''}
 """
 
-# KEYS: reservation, stock_1..n   ARGV: epoch, qty_1..n
+# KEYS: reservation, stock_1..n   ARGV: qty_1..n
 _RELEASE = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'reserved' then
-  for i = 2, #KEYS do redis.call('INCRBY', KEYS[i], ARGV[i]) end
-  redis.call('HSET', KEYS[1], 'state', 'released', 'epoch', ARGV[1])
+  for i = 2, #KEYS do redis.call('INCRBY', KEYS[i], ARGV[i - 1]) end
+  redis.call('HSET', KEYS[1], 'state', 'released')
   return 1
 end
 -- Nothing reserved yet: block a late reservation in this epoch.
-if not state then redis.call('HSET', KEYS[1], 'state', 'released', 'epoch', ARGV[1]) end
+if not state then redis.call('HSET', KEYS[1], 'state', 'released') end
 return 0
 """
 
@@ -72,8 +69,8 @@ class RedisInventory:
     def reserve(self, order_id: str, epoch: int, quantities: dict[str, int]) -> StepResult:
         skus = sorted(quantities)
         state, detail = self._reserve(
-            keys=[keys.reservation(order_id), *(keys.stock(s) for s in skus)],
-            args=[epoch, self._default_stock, *(quantities[s] for s in skus), *skus],
+            keys=[keys.reservation(order_id, epoch), *(keys.stock(s) for s in skus)],
+            args=[self._default_stock, *(quantities[s] for s in skus), *skus],
         )
         if state == "reserved":
             return StepResult.success()
@@ -83,8 +80,8 @@ class RedisInventory:
     def release(self, order_id: str, epoch: int, quantities: dict[str, int]) -> bool:
         skus = sorted(quantities)
         released = self._release(
-            keys=[keys.reservation(order_id), *(keys.stock(s) for s in skus)],
-            args=[epoch, *(quantities[s] for s in skus)],
+            keys=[keys.reservation(order_id, epoch), *(keys.stock(s) for s in skus)],
+            args=[quantities[s] for s in skus],
         )
         return bool(released)
 

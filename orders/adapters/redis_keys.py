@@ -24,8 +24,8 @@ def stock(sku: str) -> str:
     return f"{PREFIX}stock:{sku}"
 
 
-def reservation(order_id: str) -> str:
-    return f"{PREFIX}reservation:{order_id}"
+def reservation(order_id: str, epoch: int) -> str:
+    return f"{PREFIX}reservation:{order_id}:{epoch}"
 
 
 def gateway_charge(idempotency_key: str) -> str:

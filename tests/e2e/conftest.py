@@ -35,6 +35,7 @@ from nats.js.api import ConsumerConfig, ConsumerInfo
 from bridge import codec
 from bridge.devservers import NatsServer, RedisServer, free_port
 from orders import names
+from orders.adapters import redis_keys
 from orders.adapters.order_state import OrderState, OrderView
 from orders.adapters.redis_inventory import RedisInventory
 from orders.bootstrap import redis_client
@@ -288,6 +289,10 @@ class Pipeline:
         self._redis = redis_client(settings)
         self._state = OrderState(self._redis)
         self.inventory = RedisInventory(self._redis, DEFAULT_STOCK)
+
+    def gateway_state(self, idempotency_key: str) -> str | None:
+        """The simulated gateway's record for a charge key (its books, not ours)."""
+        return self._redis.hget(redis_keys.gateway_charge(idempotency_key), "state")
 
     def close(self) -> None:
         self._redis.close()

@@ -160,7 +160,21 @@ def test_failed_workflow_is_reported_to_waiters_and_restarted_on_delivery(
     assert polled.next is Next.ERRORED and "charge_payment" in polled.error
     again = asyncio.run(begin(poll=False))
     assert (again.next, again.epoch, again.run) == (Next.START, 1, 2)
-    # Dead-lettered: a replay starts a new epoch.
-    assert state.abandon(order_id, 1, "gave up") is True
+
+    # Dead-lettered: the epoch can no longer complete, and a replay starts a new one.
+    async def abandon() -> bool:
+        aclient = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            return await AsyncOrderState(aclient).abandon(order_id, 1, "gave up")
+        finally:
+            await aclient.aclose()
+
+    assert asyncio.run(abandon()) is True
+    late = Outcome(
+        order_id=order_id, kind=OutcomeKind.COMPLETED, payment_id="p", total_minor=1, currency="USD"
+    )
+    assert state.finalize(1, late) is False
+    view = state.view(order_id)
+    assert view is not None and (view.status, view.reason) == ("FAILED", "DEAD_LETTERED")
     replay = asyncio.run(begin(poll=False))
     assert (replay.next, replay.epoch, replay.run) == (Next.START, 2, 1)
