@@ -1,19 +1,23 @@
 """The fetch loop: pull batches from the durable consumer, process each message
 concurrently up to ``BRIDGE_MAX_IN_FLIGHT``, keep long workflows alive with
-``in_progress()``, and drain on shutdown."""
+``in_progress()``, notice a stalled or deleted consumer, and drain on shutdown."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from bridge.metrics import BridgeMetrics
 from bridge.processor import OrderProcessor
+from bridge.topology import ensure_topology
 from orders import names
 from orders.settings import Settings
 
@@ -22,6 +26,7 @@ log = logging.getLogger(__name__)
 FETCH_TIMEOUT_S = 1.0
 # After shutdown, messages not finished are handed back quickly to another bridge.
 SHUTDOWN_NAK_DELAY_S = 1.0
+CONSUMER_CHECK_INTERVAL_S = 5.0
 
 
 class Consumer:
@@ -31,64 +36,156 @@ class Consumer:
         processor: OrderProcessor,
         settings: Settings,
         metrics: BridgeMetrics,
+        connected: Callable[[], bool],
     ) -> None:
         self._js = js
+        self._connected = connected
         self._processor = processor
         self._settings = settings
         self._metrics = metrics
         self._in_flight: dict[asyncio.Task[None], Msg] = {}
         self._slot_free = asyncio.Event()
         self._stopping = asyncio.Event()
-        self.last_fetch_ok = 0.0  # monotonic time of the last fetch that answered
+        self._resubscribe = asyncio.Event()
+        self._last_progress = time.monotonic()  # a fetch returned messages, or none were due
+        self._problem: str | None = "not subscribed yet"
+
+    def problem(self) -> str | None:
+        """Why the bridge cannot consume right now, or ``None`` while it can (``/ready``)."""
+        return self._problem
 
     def stop(self) -> None:
         """Stop fetching; :meth:`run` then drains and returns."""
         self._stopping.set()
         self._slot_free.set()
 
-    async def run(self) -> None:
-        sub = await self._js.pull_subscribe_bind(names.DURABLE_CONSUMER, names.ORDERS_STREAM)
-        heartbeat = asyncio.create_task(self._heartbeat(), name="in-progress")
-        try:
-            await self._fetch_loop(sub)
-        finally:
-            heartbeat.cancel()
-            await self._drain()
-            await sub.unsubscribe()
+    def resubscribe(self) -> None:
+        """Replace the pull subscription (it stalled, or its consumer was re-created)."""
+        self._resubscribe.set()
 
-    async def _fetch_loop(self, sub: JetStreamContext.PullSubscription) -> None:
+    async def run(self) -> None:
+        background = [
+            asyncio.create_task(self._heartbeat(), name="in-progress"),
+            asyncio.create_task(self._watchdog(), name="consumer-watchdog"),
+        ]
+        try:
+            await self._fetch_loop()
+        finally:
+            for task in background:
+                task.cancel()
+            await self._drain()
+
+    async def _fetch_loop(self) -> None:
         max_in_flight = self._settings.bridge_max_in_flight
+        sub: JetStreamContext.PullSubscription | None = None
         backoff = 0.1
-        while not self._stopping.is_set():
-            free = max_in_flight - len(self._in_flight)
-            if free <= 0:
-                self._slot_free.clear()
-                await self._slot_free.wait()
-                continue
-            try:
-                msgs = await sub.fetch(
-                    min(free, self._settings.bridge_fetch_batch), timeout=FETCH_TIMEOUT_S
-                )
-            except (nats.errors.TimeoutError, TimeoutError):
-                # Nothing to fetch (nats-py raises either class for an empty batch).
-                self.last_fetch_ok = time.monotonic()
+        try:
+            while not self._stopping.is_set():
+                if sub is None or self._resubscribe.is_set():
+                    sub = await self._subscribe(sub)
+                    if sub is None:
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, 5.0)
+                        continue
+                if not self._connected():
+                    # A fetch sent now would wait in the client's reconnect buffer and
+                    # reach the server late, pulling messages into a request nobody
+                    # reads any more (they would come back only after ack_wait).
+                    await asyncio.sleep(0.2)
+                    continue
+                free = max_in_flight - len(self._in_flight)
+                if free <= 0:
+                    self._slot_free.clear()
+                    await self._slot_free.wait()
+                    continue
+                try:
+                    msgs = await sub.fetch(
+                        min(free, self._settings.bridge_fetch_batch), timeout=FETCH_TIMEOUT_S
+                    )
+                except (nats.errors.TimeoutError, TimeoutError):
+                    # Nothing to fetch (nats-py raises either class for an empty batch).
+                    backoff = 0.1
+                    continue
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("fetch failed (%r); retrying in %.1fs", exc, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
                 backoff = 0.1
+                self._last_progress = time.monotonic()
+                for msg in msgs:
+                    if self._stopping.is_set():
+                        # Fetched while being told to stop: hand it straight back.
+                        await self._hand_back(msg)
+                    else:
+                        self._start(msg)
+        finally:
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+    async def _subscribe(
+        self, old: JetStreamContext.PullSubscription | None
+    ) -> JetStreamContext.PullSubscription | None:
+        self._resubscribe.clear()
+        if old is not None:
+            log.info("re-subscribing to consumer %s", names.DURABLE_CONSUMER)
+            with contextlib.suppress(Exception):
+                await old.unsubscribe()
+        try:
+            sub = await self._js.pull_subscribe_bind(names.DURABLE_CONSUMER, names.ORDERS_STREAM)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._problem = f"cannot subscribe: {type(exc).__name__}: {exc}"
+            log.warning("%s", self._problem)
+            return None
+        self._last_progress = time.monotonic()
+        if old is None:
+            self._problem = None  # a re-subscription stays suspect until it fetches
+        return sub
+
+    async def _watchdog(self) -> None:
+        """Every few seconds, ask the server how the consumer is doing.
+
+        A deleted consumer is re-created; a subscription that fetches nothing while
+        the server holds messages for it (nats-io/nats.py#504, after a server
+        restart) is replaced. Until it consumes again, :meth:`problem` says why.
+        """
+        stall_s = self._settings.consumer_stall_timeout.total_seconds()
+        while True:
+            await asyncio.sleep(CONSUMER_CHECK_INTERVAL_S)
+            try:
+                info = await self._js.consumer_info(names.ORDERS_STREAM, names.DURABLE_CONSUMER)
+            except NotFoundError:
+                self._problem = f"consumer {names.DURABLE_CONSUMER} is missing"
+                log.warning("%s: re-creating it", self._problem)
+                with contextlib.suppress(Exception):
+                    await ensure_topology(self._js, self._settings)
+                self.resubscribe()
                 continue
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("fetch failed (%r); retrying in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                self._problem = f"consumer does not answer: {type(exc).__name__}: {exc}"
                 continue
-            backoff = 0.1
-            self.last_fetch_ok = time.monotonic()
-            for msg in msgs:
-                if self._stopping.is_set():
-                    # Fetched while being told to stop: hand it straight back.
-                    await self._hand_back(msg)
-                else:
-                    self._start(msg)
+            now = time.monotonic()
+            starved = len(self._in_flight) < self._settings.bridge_max_in_flight
+            if info.num_pending == 0 or not starved:
+                self._last_progress = now  # nothing due to us: idle is healthy
+            idle_for = now - self._last_progress
+            if idle_for > stall_s:
+                self._problem = (
+                    f"stalled: {info.num_pending} messages pending, none fetched "
+                    f"for {idle_for:.0f}s"
+                )
+                log.warning("%s; re-subscribing", self._problem)
+                self._last_progress = now
+                self.resubscribe()
+            elif idle_for <= CONSUMER_CHECK_INTERVAL_S * 2:
+                self._problem = None
 
     def _start(self, msg: Msg) -> None:
         self._metrics.received.inc()

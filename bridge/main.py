@@ -82,7 +82,7 @@ async def run(settings: Settings) -> None:
             metrics=metrics,
         )
     )
-    consumer = Consumer(js, processor, settings, metrics)
+    consumer = Consumer(js, processor, settings, metrics, connected=lambda: nc.is_connected)
 
     async def consumer_answers() -> None:
         await js.consumer_info(names.ORDERS_STREAM, names.DURABLE_CONSUMER)
@@ -94,6 +94,10 @@ async def run(settings: Settings) -> None:
         if not nc.is_connected:
             raise ConnectionError("not connected to NATS")
 
+    async def consuming() -> None:
+        if problem := consumer.problem():
+            raise RuntimeError(problem)
+
     runner = await serve(
         create_app(
             alive=lambda: nc.is_connected,
@@ -101,6 +105,7 @@ async def run(settings: Settings) -> None:
                 "nats": nats_connected,
                 "consumer": consumer_answers,
                 "redis": redis_answers,
+                "consuming": consuming,
             },
             metrics=metrics,
         ),

@@ -14,6 +14,7 @@ from orders.adapters.order_state import OrderState
 from orders.adapters.redis_client import sync_client
 from orders.adapters.redis_inventory import RedisInventory
 from orders.adapters.simulated_gateway import SimulatedGateway
+from orders.adapters.task_starts import TaskStarts
 from orders.domain.validation import Limits
 from orders.services import Pipeline
 from orders.settings import Settings, load_settings
@@ -45,6 +46,8 @@ def build_pipeline(settings: Settings) -> Pipeline:
             latency_ms=settings.payment_latency_ms,
         ),
         limits=limits(settings),
+        task_starts=TaskStarts(client),
+        max_worker_losses=settings.task_max_worker_losses,
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from orders.adapters.order_state import OrderState
+from orders.adapters.task_starts import TaskStarts
 from orders.domain.model import (
     FailureReason,
     Invalid,
@@ -33,6 +34,8 @@ class Pipeline:
     inventory: Inventory
     gateway: PaymentGateway
     limits: Limits
+    task_starts: TaskStarts
+    max_worker_losses: int
 
 
 def charge_key(order_id: str, epoch: int) -> str:

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     # A workflow that shows no progress for this long is sent again (its steps are
     # idempotent, so a second run cannot charge or reserve twice).
     workflow_stall_timeout: PositiveSeconds = timedelta(seconds=90)
+    # Messages pending but none fetched for this long: re-subscribe (nats.py pull
+    # subscriptions can stall after a server restart, nats-io/nats.py#504).
+    consumer_stall_timeout: PositiveSeconds = timedelta(seconds=30)
     drain_timeout: PositiveSeconds = timedelta(seconds=20)
     nak_delay_max: PositiveSeconds = timedelta(seconds=30)
     nats_connect_timeout: PositiveSeconds = timedelta(seconds=5)
@@ -68,6 +71,9 @@ class Settings(BaseSettings):
     # --- Celery -------------------------------------------------------------------
     task_max_retries: int = Field(8, ge=0, le=100)
     task_retry_backoff_max: PositiveSeconds = timedelta(seconds=30)
+    # Starts of one task that may end with its worker process dying before the
+    # task refuses to run (and the order fails over to redelivery, then the DLQ).
+    task_max_worker_losses: int = Field(3, ge=1, le=100)
 
     @field_validator("nats_url")
     @classmethod

@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 TRANSIENT = (TransientError, redis.ConnectionError, redis.TimeoutError)
 
 
+class WorkerLostTooOften(Exception):
+    """Not transient: the task took its worker process down every time it ran."""
+
+
 class StepTask(Task):  # type: ignore[misc]
     """Base of every pipeline task: idempotent steps, retried on transient faults
     with exponential backoff and full jitter, capped by ``max_retries``
@@ -35,6 +39,19 @@ class StepTask(Task):  # type: ignore[misc]
     retry_jitter = True
     acks_late = True
     ignore_result = True
+
+    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        p = bootstrap.pipeline()
+        try:
+            starts = p.task_starts.record(task_id)
+        except redis.RedisError:
+            return  # cannot count now; the task's own Redis calls will retry it
+        lost = starts - 1 - (self.request.retries or 0)
+        if lost >= p.max_worker_losses:
+            raise WorkerLostTooOften(
+                f"{self.name} lost its worker process {lost} times (out of memory? crash?); "
+                "not running it again"
+            )
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any

@@ -30,3 +30,7 @@ def reservation(order_id: str, epoch: int) -> str:
 
 def gateway_charge(idempotency_key: str) -> str:
     return f"{PREFIX}gateway:{idempotency_key}"
+
+
+def task_starts(task_id: str) -> str:
+    return f"{PREFIX}task-starts:{task_id}"
