@@ -179,6 +179,9 @@ def amount_above(minor: int, currency: str, limit: Decimal) -> bool:
 
 
 def _unknown_currency(code: str) -> str:
+    if len(code) > 8:
+        # Echoing a megabyte-long "code" back would make the error the problem.
+        return f"unknown currency code {code[:8]!r}... ({len(code)} characters)"
     if code == "":
         return "empty currency code (normalize_currency maps it to USD)"
     if code.upper() in MINOR_UNIT_EXPONENTS:

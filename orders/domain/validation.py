@@ -27,7 +27,7 @@ def validate_order(raw: RawOrder, limits: Limits = Limits()) -> Order | Invalid:
     """Apply the contract's rules; the first broken rule is named in ``Invalid.detail``."""
     problem = _check_ids(raw, limits) or _check_items(raw, limits)
     if problem:
-        return Invalid(detail=problem)
+        return _invalid(problem)
     try:
         currency = money.normalize_currency(raw.currency)
         lines = tuple(
@@ -40,14 +40,12 @@ def validate_order(raw: RawOrder, limits: Limits = Limits()) -> Order | Invalid:
         )
         total_minor = money.to_minor_units(raw.total_amount, currency)
     except money.InvalidMoney as exc:
-        return Invalid(detail=str(exc))
+        return _invalid(str(exc))
     expected = sum(line.quantity * line.unit_price_minor for line in lines)
     if expected != total_minor:
-        return Invalid(
-            detail=(
-                f"total_amount {money.format_money(total_minor, currency)} does not match "
-                f"the items' sum {money.format_money(expected, currency)}"
-            )
+        return _invalid(
+            f"total_amount {money.format_money(total_minor, currency)} does not match "
+            f"the items' sum {money.format_money(expected, currency)}"
         )
     return Order(
         order_id=raw.order_id,
@@ -56,6 +54,17 @@ def validate_order(raw: RawOrder, limits: Limits = Limits()) -> Order | Invalid:
         lines=lines,
         total_minor=total_minor,
     )
+
+
+# A detail travels in an OrderFailed event and in logs: a sentence, never an echo
+# of a huge input.
+MAX_DETAIL_LENGTH = 300
+
+
+def _invalid(detail: str) -> Invalid:
+    if len(detail) > MAX_DETAIL_LENGTH:
+        detail = detail[: MAX_DETAIL_LENGTH - 3] + "..."
+    return Invalid(detail=detail)
 
 
 def unusable_order_id(order_id: str, limits: Limits = Limits()) -> str | None:
