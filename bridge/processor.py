@@ -78,9 +78,12 @@ class OrderProcessor:
             await self._dead_letter(msg, exc.reason, cause="poison")
             return
         try:
+            earlier = None
             if deliveries > self._d.settings.max_deliveries:
-                # Given up on already (the dead-lettering did not complete): finish that.
-                await self._give_up(msg, raw, deliveries, "an earlier delivery gave up")
+                earlier = await self._given_up_reason(raw.order_id)
+            if earlier is not None:
+                # An earlier delivery gave up but its dead-lettering did not complete.
+                await self._give_up(msg, raw, deliveries, earlier, already_reasoned=True)
             else:
                 await self._process(msg, raw)
         except asyncio.CancelledError:
@@ -176,16 +179,35 @@ class OrderProcessor:
             reason = outcome.reason.value if outcome.reason else ""
             self._d.metrics.outcomes.labels(outcome.kind.value, reason).inc()
 
-    async def _give_up(self, msg: Msg, raw: RawOrder, deliveries: int, detail: str) -> None:
+    async def _given_up_reason(self, order_id: str) -> str | None:
+        view = await self._d.state.view(order_id)
+        if view is not None and view.dead and view.outcome is None:
+            return view.detail
+        return None
+
+    async def _give_up(
+        self,
+        msg: Msg,
+        raw: RawOrder,
+        deliveries: int,
+        detail: str,
+        *,
+        already_reasoned: bool = False,
+    ) -> None:
         """Transient faults outlasted every delivery: compensate, then dead-letter."""
-        reason = f"transient failures outlasted {deliveries} deliveries: {detail}"
+        last_chance = deliveries >= self._d.settings.max_deliveries + SERVER_DELIVERY_GRACE
+        reason = (
+            detail
+            if already_reasoned
+            else f"transient failures outlasted {deliveries} deliveries: {detail}"
+        )
         try:
             finished = await self._abandon(raw, reason)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.warning("order %s: could not start compensation (%s)", raw.order_id, exc)
-            if deliveries < self._d.settings.max_deliveries + SERVER_DELIVERY_GRACE:
+            if not last_chance:
                 await self._nak(msg, deliveries)
                 return
             # The server will not deliver this message again: keep it in the DLQ.
@@ -200,7 +222,17 @@ class OrderProcessor:
             raise
         except Exception as exc:
             log.warning("order %s: publishing a late outcome failed (%s)", raw.order_id, exc)
-            await self._nak(msg, deliveries)
+            if not last_chance:
+                await self._nak(msg, deliveries)
+                return
+            # The server will not deliver it again. A replay of the dead letter
+            # publishes the outcome Redis holds.
+            await self._dead_letter(
+                msg,
+                f"outcome could not be published after {deliveries} deliveries: "
+                f"{type(exc).__name__}: {exc}",
+                cause="retries_exhausted",
+            )
 
     async def _abandon(self, raw: RawOrder, reason: str) -> bool:
         """Mark the order dead-lettered, then send its compensation (not waited for:

@@ -150,6 +150,7 @@ class OrderView:
     run: int
     outcome: Outcome | None
     published: bool
+    dead: bool
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -211,6 +212,7 @@ def _view(order_id: str, fields: dict[str, str]) -> OrderView | None:
         run=int(fields.get("run") or 1),
         outcome=outcome,
         published=bool(fields.get("published")),
+        dead=fields.get("dead") == "1",
     )
 
 

@@ -1,0 +1,670 @@
+"""``OrderProcessor.handle`` with fakes at every port: one delivery, one disposition.
+
+Every test asserts that the message ends in exactly one of ack, nak with a positive
+delay, or term after its dead letter is stored (watermill's rule), and the side
+effects around it, in order, from one shared event log:
+
+- :class:`FakeMsg` records ``ack`` / ``nak`` / ``term``;
+- :class:`FakeJetStream` records each publish (``publish <subject>``) and can fail;
+- :class:`FakeState` is ``AsyncOrderState`` in memory, following the Lua scripts of
+  ``orders.adapters.order_state`` rule for rule, and plays the worker side too
+  (``finish`` / ``report_error``, which wake the watcher as the scripts' ``XADD`` does);
+- :class:`FakeDispatcher` records the canvases sent (``send workflow`` /
+  ``send compensation``); its ``on_workflow`` hook plays the workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from types import SimpleNamespace
+from typing import Any, cast
+
+import nats.errors
+import pytest
+from celery.canvas import Signature
+
+from bridge import codec
+from bridge.metrics import BridgeMetrics
+from bridge.processor import Deps, OrderProcessor
+from bridge.topology import SERVER_DELIVERY_GRACE
+from orders import names
+from orders.adapters.order_state import DEAD_LETTERED, Begin, Next, OrderView, _view
+from orders.bootstrap import limits
+from orders.celery_app import create_app
+from orders.domain.model import FailureReason, Outcome, OutcomeKind, RawItem, RawOrder
+from orders.settings import load_settings
+
+pytestmark = pytest.mark.unit
+
+MAX_DELIVERIES = 3
+SETTINGS = load_settings(
+    max_deliveries=MAX_DELIVERIES, workflow_stall_timeout=timedelta(seconds=0.2)
+)
+ORDER_ID = "order-1"
+SEQ = 42  # the input message's stream sequence
+
+
+# --- fakes at the ports ------------------------------------------------------------
+
+
+class FakeMsg:
+    """A JetStream delivery of ``ORDER.created``."""
+
+    def __init__(self, data: bytes, events: list[str], *, delivered: int = 1) -> None:
+        self.data = data
+        self.subject = names.SUBJECT_CREATED
+        self.headers = {names.HDR_MSG_ID: ORDER_ID, names.HDR_TRACEPARENT: "00-abc-def-01"}
+        self.metadata = SimpleNamespace(
+            num_delivered=delivered, sequence=SimpleNamespace(stream=SEQ, consumer=7)
+        )
+        self.calls: list[tuple[str, float | None]] = []
+        self._events = events
+
+    async def ack(self) -> None:
+        self._record("ack")
+
+    async def nak(self, delay: float | None = None) -> None:
+        self._record("nak", delay)
+
+    async def term(self) -> None:
+        self._record("term")
+
+    async def in_progress(self) -> None:
+        self.calls.append(("in_progress", None))
+
+    def _record(self, call: str, delay: float | None = None) -> None:
+        self.calls.append((call, delay))
+        self._events.append(call)
+
+    def disposition(self) -> str:
+        """The single ack / nak / term of this delivery; a nak must carry a delay."""
+        final = [c for c in self.calls if c[0] != "in_progress"]
+        assert len(final) == 1, f"expected exactly one disposition, got {final}"
+        call, delay = final[0]
+        if call == "nak":
+            assert delay is not None and delay > 0, f"bare nak (delay={delay})"
+        return call
+
+
+@dataclass
+class Published:
+    subject: str
+    payload: bytes
+    headers: dict[str, str]
+    stream: str | None
+
+
+class FakeJetStream:
+    """``publish`` stores and acks (``duplicate`` by ``Nats-Msg-Id``), or times out
+    for the subjects in ``failing``."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.published: list[Published] = []
+        self.failing: set[str] = set()
+        self._events = events
+
+    async def publish(
+        self,
+        subject: str,
+        payload: bytes = b"",
+        timeout: float | None = None,
+        stream: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        if subject in self.failing:
+            self._events.append(f"publish {subject} (failed)")
+            raise nats.errors.TimeoutError
+        headers = dict(headers or {})
+        msg_id = headers.get(names.HDR_MSG_ID)
+        duplicate = any(p.headers.get(names.HDR_MSG_ID) == msg_id for p in self.published)
+        self.published.append(Published(subject, payload, headers, stream))
+        self._events.append(f"publish {subject}")
+        return SimpleNamespace(stream=stream, seq=len(self.published), duplicate=duplicate)
+
+
+class FakeWatcher:
+    """``CompletionWatcher`` without the Redis stream: ``wake`` is an entry read."""
+
+    def __init__(self) -> None:
+        self.waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+
+    def expect(self, order_id: str) -> asyncio.Event:
+        event = asyncio.Event()
+        self.waiters[order_id].add(event)
+        return event
+
+    def forget(self, order_id: str, event: asyncio.Event) -> None:
+        waiters = self.waiters.get(order_id)
+        if waiters is not None:
+            waiters.discard(event)
+            if not waiters:
+                del self.waiters[order_id]
+
+    def wake(self, order_id: str) -> None:
+        for event in self.waiters.get(order_id, ()):
+            event.set()
+
+
+class FakeState:
+    """``AsyncOrderState`` in memory: one dict of strings per order, as in the Redis
+    hash, changed by the rules of ``_BEGIN``, ``_FINALIZE``, ``_RECORD_ERROR`` and
+    ``_ABANDON``; views are parsed by the adapter's own ``_view``."""
+
+    def __init__(self, watcher: FakeWatcher, events: list[str]) -> None:
+        self.hashes: dict[str, dict[str, str]] = {}
+        self.before_abandon: Callable[[], None] | None = None  # to stage a race
+        self._watcher = watcher
+        self._events = events
+
+    # -- the bridge's API ------------------------------------------------------------
+
+    async def begin(self, order_id: str, stall_timeout_s: float, *, poll: bool = False) -> Begin:
+        now = _now_ms()
+        h = self.hashes.get(order_id)
+        if h is None:
+            self.hashes[order_id] = {
+                "status": "RECEIVED",
+                "epoch": "1",
+                "run": "1",
+                "charges": "0",
+                "refunds": "0",
+                "received_ms": str(now),
+                "updated_ms": str(now),
+            }
+            return Begin(Next.START, 1, 1)
+        epoch, run = int(h.get("epoch") or 1), int(h.get("run") or 0)
+        if h.get("published"):
+            return Begin(Next.DONE, epoch, run)
+        if h.get("outcome"):
+            return Begin(Next.PUBLISH, epoch, run)
+        if poll:
+            if h.get("dead") == "1":
+                return Begin(Next.ERRORED, epoch, run, "order was dead-lettered")
+            if h.get("error"):
+                return Begin(Next.ERRORED, epoch, run, h["error"])
+        if h.get("dead") == "1":
+            epoch += 1
+            h.update(epoch=str(epoch), run="1", dead="", error="", status="RECEIVED")
+            h.update(reason="", detail="", updated_ms=str(now))
+            return Begin(Next.START, epoch, 1)
+        if h.get("error") or now - int(h.get("updated_ms") or 0) > int(stall_timeout_s * 1000):
+            run += 1
+            h.update(run=str(run), error="", updated_ms=str(now))
+            return Begin(Next.START, epoch, run)
+        return Begin(Next.ATTACH, epoch, run)
+
+    async def finalize(self, epoch: int, outcome: Outcome) -> bool:
+        return self.finish(epoch, outcome)
+
+    async def abandon(self, order_id: str, epoch: int, detail: str) -> bool:
+        if self.before_abandon is not None:
+            self.before_abandon()
+        h = self.hashes.get(order_id, {})
+        if h.get("epoch") != str(epoch) or h.get("outcome"):
+            return False
+        h.update(dead="1", status="FAILED", reason=DEAD_LETTERED, detail=detail, error="")
+        h.update(updated_ms=str(_now_ms()))
+        self._events.append("abandon")
+        self._watcher.wake(order_id)
+        return True
+
+    async def mark_unsent(self, order_id: str) -> None:
+        self.hashes.setdefault(order_id, {})["error"] = "workflow could not be sent"
+
+    async def mark_published(self, order_id: str, kind: OutcomeKind) -> None:
+        self.hashes.setdefault(order_id, {})["published"] = kind.value
+        self._events.append("mark_published")
+
+    async def view(self, order_id: str) -> OrderView | None:
+        return _view(order_id, dict(self.hashes.get(order_id, {})))
+
+    # -- the workers' side -------------------------------------------------------------
+
+    def finish(self, epoch: int, outcome: Outcome) -> bool:
+        """``_FINALIZE``: once per epoch, never in a dead one."""
+        h = self._recordable(outcome.order_id, epoch)
+        if h is None:
+            return False
+        h.update(
+            outcome=outcome.kind.value,
+            status=outcome.status.value,
+            reason=outcome.reason.value if outcome.reason else "",
+            detail=outcome.detail,
+            payment_id=outcome.payment_id,
+            total_minor=str(outcome.total_minor),
+            currency=outcome.currency,
+            error="",
+            updated_ms=str(_now_ms()),
+        )
+        self._watcher.wake(outcome.order_id)
+        return True
+
+    def report_error(self, order_id: str, epoch: int, detail: str) -> bool:
+        """``_RECORD_ERROR``: a step gave up on a transient fault."""
+        h = self._recordable(order_id, epoch)
+        if h is None:
+            return False
+        h.update(error=detail, updated_ms=str(_now_ms()))
+        self._watcher.wake(order_id)
+        return True
+
+    def _recordable(self, order_id: str, epoch: int) -> dict[str, str] | None:
+        h = self.hashes.get(order_id, {})
+        if h.get("epoch") != str(epoch) or h.get("outcome") or h.get("dead") == "1":
+            return None
+        return h
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class Sent:
+    kind: str  # "workflow" | "compensation"
+    epoch: int
+    run: int = 0
+
+
+class FakeDispatcher:
+    """Records what is sent; ``on_workflow(sent)`` plays the workers for a workflow."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.sent: list[Sent] = []
+        self.on_workflow: Callable[[Sent], None] = lambda sent: None
+        self._events = events
+
+    async def send(self, canvas: Signature) -> None:
+        first = canvas.tasks[0]
+        if first.task == names.TASK_VALIDATE:
+            _order_id, epoch, run, _step = first.id.rsplit(":", 3)
+            sent = Sent("workflow", int(epoch), int(run))
+        else:
+            assert {t.task for t in canvas.tasks} == {names.TASK_RELEASE, names.TASK_REFUND}
+            sent = Sent("compensation", first.kwargs["epoch"])
+        self.sent.append(sent)
+        self._events.append(f"send {sent.kind}")
+        if sent.kind == "workflow":
+            self.on_workflow(sent)
+
+    def of_kind(self, kind: str) -> list[Sent]:
+        return [s for s in self.sent if s.kind == kind]
+
+
+# --- builders ----------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    events: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.js = FakeJetStream(self.events)
+        self.watcher = FakeWatcher()
+        self.state = FakeState(self.watcher, self.events)
+        self.dispatcher = FakeDispatcher(self.events)
+        self.metrics = BridgeMetrics()
+        self.processor = OrderProcessor(
+            Deps(
+                js=cast(Any, self.js),
+                state=cast(Any, self.state),
+                watcher=cast(Any, self.watcher),
+                dispatcher=cast(Any, self.dispatcher),
+                celery=create_app(SETTINGS),
+                settings=SETTINGS,
+                limits=limits(SETTINGS),
+                metrics=self.metrics,
+            )
+        )
+
+    def deliver(self, data: bytes, delivered: int = 1) -> FakeMsg:
+        """One delivery handled to its end; the event log starts afresh."""
+        self.events.clear()
+        msg = FakeMsg(data, self.events, delivered=delivered)
+        asyncio.run(self.processor.handle(cast(Any, msg)))
+        return msg
+
+    def view(self) -> OrderView:
+        view = asyncio.run(self.state.view(ORDER_ID))
+        assert view is not None
+        return view
+
+    def dead_lettered(self, cause: str) -> float | None:
+        return self.metrics.registry.get_sample_value(
+            "orders_bridge_messages_dead_lettered_total", {"cause": cause}
+        )
+
+    # -- the workers' behaviour -------------------------------------------------------
+
+    def workers_complete(self) -> None:
+        self.dispatcher.on_workflow = lambda sent: self.state.finish(sent.epoch, COMPLETED)
+
+    def workers_fail(self, detail: str = "payments: gateway timed out") -> None:
+        self.dispatcher.on_workflow = lambda sent: self.state.report_error(
+            ORDER_ID, sent.epoch, detail
+        )
+
+
+def order_bytes(order_id: str = ORDER_ID, **changes: Any) -> bytes:
+    fields: dict[str, Any] = {
+        "order_id": order_id,
+        "customer_id": "customer-1",
+        "items": (RawItem(product_id="sku-1", quantity=2, unit_price=5.0),),
+        "total_amount": 10.0,
+        "currency": "USD",
+    }
+    return codec.encode_order_created(RawOrder(**{**fields, **changes}))
+
+
+COMPLETED = Outcome(
+    order_id=ORDER_ID,
+    kind=OutcomeKind.COMPLETED,
+    payment_id="pay-1",
+    total_minor=1000,
+    currency="USD",
+)
+DLQ_HEADERS = {
+    names.HDR_DLQ_SUBJECT: names.SUBJECT_CREATED,
+    names.HDR_DLQ_SEQUENCE: str(SEQ),
+    names.HDR_MSG_ID: names.dlq_msg_id(SEQ),
+}
+
+
+def the_dead_letter(w: World, deliveries: int) -> Published:
+    [letter] = [p for p in w.js.published if p.subject == names.SUBJECT_DLQ_CREATED]
+    assert letter.stream == names.DLQ_STREAM
+    assert letter.headers.items() >= DLQ_HEADERS.items()
+    assert letter.headers[names.HDR_DLQ_DELIVERIES] == str(deliveries)
+    assert letter.headers[names.HDR_TRACEPARENT] == "00-abc-def-01"  # kept unchanged
+    return letter
+
+
+def the_outcome(w: World, kind: OutcomeKind) -> dict[str, str | float]:
+    subject = names.SUBJECT_COMPLETED if kind is OutcomeKind.COMPLETED else names.SUBJECT_FAILED
+    [event] = [p for p in w.js.published if p.subject == subject]
+    assert event.stream == names.ORDERS_STREAM
+    assert event.headers == {names.HDR_MSG_ID: names.outcome_msg_id(ORDER_ID, kind)}
+    return codec.decode_outcome(kind, event.payload)
+
+
+# --- poison: dead-lettered at once -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"\xff\xff\xff", "undecodable OrderCreated"),
+        (order_bytes("order\x07-1"), "order_id contains control characters"),
+    ],
+    ids=["undecodable bytes", "order id with control characters"],
+)
+def test_poison_is_dead_lettered_unchanged_then_terminated(data: bytes, reason: str) -> None:
+    w = World()
+    msg = w.deliver(data)
+
+    assert msg.disposition() == "term"
+    assert w.events == [f"publish {names.SUBJECT_DLQ_CREATED}", "term"]
+    letter = the_dead_letter(w, deliveries=1)
+    assert letter.payload == data
+    assert reason in letter.headers[names.HDR_DLQ_REASON]
+    assert w.dispatcher.sent == [] and w.state.hashes == {}
+    assert w.dead_lettered("poison") == 1
+
+
+def test_a_dead_letter_that_cannot_be_stored_is_nakd_not_terminated() -> None:
+    w = World()
+    w.js.failing.add(names.SUBJECT_DLQ_CREATED)
+    msg = w.deliver(b"\xff\xff\xff")
+
+    assert msg.disposition() == "nak"
+    assert w.js.published == []
+
+
+# --- outcomes ----------------------------------------------------------------------
+
+
+def test_invalid_order_fails_at_once_without_a_workflow() -> None:
+    w = World()
+    msg = w.deliver(order_bytes(items=()))
+
+    assert msg.disposition() == "ack"
+    assert w.events == [f"publish {names.SUBJECT_FAILED}", "mark_published", "ack"]
+    failed = the_outcome(w, OutcomeKind.FAILED)
+    assert failed["reason"] == FailureReason.INVALID_ORDER.value
+    assert failed["detail"] == "order has no items"
+    assert w.dispatcher.sent == []
+    assert w.view().published
+
+
+def test_valid_order_runs_its_workflow_once_and_acks_after_the_outcome_is_stored() -> None:
+    w = World()
+    w.workers_complete()
+    msg = w.deliver(order_bytes())
+
+    assert msg.disposition() == "ack"
+    assert w.events == [
+        "send workflow",
+        f"publish {names.SUBJECT_COMPLETED}",
+        "mark_published",
+        "ack",
+    ]
+    assert w.dispatcher.sent == [Sent("workflow", epoch=1, run=1)]
+    completed = the_outcome(w, OutcomeKind.COMPLETED)
+    assert completed["payment_id"] == "pay-1" and completed["total_amount"] == 10.0
+    assert w.view().published
+    assert w.watcher.waiters == {}
+
+
+def test_a_stalled_workflow_is_sent_again_as_a_new_run() -> None:
+    w = World()
+    runs = iter([lambda sent: None, lambda sent: w.state.finish(sent.epoch, COMPLETED)])
+    w.dispatcher.on_workflow = lambda sent: next(runs)(sent)
+    msg = w.deliver(order_bytes())
+
+    assert msg.disposition() == "ack"
+    assert w.dispatcher.sent == [Sent("workflow", 1, 1), Sent("workflow", 1, 2)]
+    assert the_outcome(w, OutcomeKind.COMPLETED)["order_id"] == ORDER_ID
+
+
+def test_already_published_order_is_only_acked() -> None:
+    w = World()
+    w.workers_complete()
+    w.deliver(order_bytes())
+    w.js.published.clear()
+
+    msg = w.deliver(order_bytes(), delivered=2)
+
+    assert msg.disposition() == "ack"
+    assert w.events == ["ack"]
+    assert w.js.published == [] and len(w.dispatcher.sent) == 1
+
+
+def test_outcome_decided_but_not_published_is_published_without_a_workflow() -> None:
+    w = World()
+    asyncio.run(w.state.begin(ORDER_ID, 90))
+    w.state.finish(1, COMPLETED)  # then the bridge crashed before publishing
+
+    msg = w.deliver(order_bytes(), delivered=2)
+
+    assert msg.disposition() == "ack"
+    assert w.events == [f"publish {names.SUBJECT_COMPLETED}", "mark_published", "ack"]
+    assert w.dispatcher.sent == []
+
+
+def test_outcome_that_jetstream_does_not_store_is_nakd_then_published_on_redelivery() -> None:
+    w = World()
+    w.workers_complete()
+    w.js.failing.add(names.SUBJECT_COMPLETED)
+    msg = w.deliver(order_bytes())
+
+    assert msg.disposition() == "nak"
+    assert "ack" not in w.events and not w.view().published
+
+    w.js.failing.clear()
+    msg = w.deliver(order_bytes(), delivered=2)
+
+    assert msg.disposition() == "ack"
+    assert w.events == [f"publish {names.SUBJECT_COMPLETED}", "mark_published", "ack"]
+    assert len(w.dispatcher.sent) == 1  # the decided outcome, not a second workflow
+
+
+# --- transient failures: nak, then give up -----------------------------------------
+
+
+def test_workflow_error_before_the_last_delivery_is_nakd() -> None:
+    w = World()
+    w.workers_fail()
+    msg = w.deliver(order_bytes())
+
+    assert msg.disposition() == "nak"
+    assert w.events == ["send workflow", "nak"]
+    assert w.js.published == []
+    assert w.watcher.waiters == {}
+
+
+def test_workflow_error_at_the_last_delivery_compensates_and_dead_letters() -> None:
+    w = World()
+    w.workers_fail("payments: gateway timed out")
+    for delivered in range(1, MAX_DELIVERIES):
+        assert w.deliver(order_bytes(), delivered).disposition() == "nak"
+
+    msg = w.deliver(order_bytes(), MAX_DELIVERIES)
+
+    assert msg.disposition() == "term"
+    assert w.events == [
+        "send workflow",
+        "abandon",
+        "send compensation",
+        f"publish {names.SUBJECT_DLQ_CREATED}",
+        "term",
+    ]
+    assert w.dispatcher.sent[-1] == Sent("compensation", epoch=1)
+    reason = the_dead_letter(w, MAX_DELIVERIES).headers[names.HDR_DLQ_REASON]
+    assert f"outlasted {MAX_DELIVERIES} deliveries" in reason
+    assert "payments: gateway timed out" in reason
+    view = w.view()
+    assert (view.status, view.reason, view.outcome) == ("FAILED", DEAD_LETTERED, None)
+    assert w.dead_lettered("retries_exhausted") == 1
+
+
+def test_a_delivery_past_the_last_finishes_an_earlier_give_up_without_a_new_workflow() -> None:
+    w = World()
+    w.workers_fail()
+    w.deliver(order_bytes())
+    # That give-up marked the order dead, then its dead letter was never stored.
+    asyncio.run(w.state.abandon(ORDER_ID, 1, "transient failures outlasted 3 deliveries: x"))
+    w.events.clear()
+
+    msg = w.deliver(order_bytes(), MAX_DELIVERIES + 1)
+
+    assert msg.disposition() == "term"
+    assert w.events == [
+        "abandon",
+        "send compensation",
+        f"publish {names.SUBJECT_DLQ_CREATED}",
+        "term",
+    ]
+    assert len(w.dispatcher.of_kind("workflow")) == 1
+    letter = the_dead_letter(w, MAX_DELIVERIES + 1)
+    assert letter.headers[names.HDR_DLQ_REASON].endswith("outlasted 3 deliveries: x")
+
+
+def test_a_delivery_past_the_last_of_a_healthy_workflow_completes_it() -> None:
+    """A shutdown or crash can spend the last delivery; a healthy order still completes."""
+    w = World()
+    w.workers_complete()
+
+    msg = w.deliver(order_bytes(), MAX_DELIVERIES + 1)
+
+    assert msg.disposition() == "ack"
+    assert w.dispatcher.of_kind("compensation") == []
+    the_outcome(w, OutcomeKind.COMPLETED)
+
+
+def test_giving_up_publishes_an_outcome_recorded_meanwhile_instead_of_dead_lettering() -> None:
+    w = World()
+    w.workers_fail()
+    w.deliver(order_bytes())
+    w.state.finish(1, COMPLETED)  # the workflow's last retry succeeded after all
+
+    msg = w.deliver(order_bytes(), MAX_DELIVERIES + 1)
+
+    assert msg.disposition() == "ack"
+    assert w.events == [f"publish {names.SUBJECT_COMPLETED}", "mark_published", "ack"]
+    assert w.dispatcher.of_kind("compensation") == []
+
+
+def test_an_outcome_that_wins_the_race_with_abandon_is_published() -> None:
+    w = World()
+    w.workers_fail()
+    w.state.before_abandon = lambda: w.state.finish(1, COMPLETED)
+
+    msg = w.deliver(order_bytes(), MAX_DELIVERIES)
+
+    assert msg.disposition() == "ack"
+    assert w.events == [
+        "send workflow",
+        f"publish {names.SUBJECT_COMPLETED}",
+        "mark_published",
+        "ack",
+    ]
+    assert w.view().status == "COMPLETED"
+
+
+def test_giving_up_when_the_dead_letter_cannot_be_stored_naks_then_finishes_later() -> None:
+    w = World()
+    w.workers_fail()
+    w.js.failing.add(names.SUBJECT_DLQ_CREATED)
+    msg = w.deliver(order_bytes(), MAX_DELIVERIES)
+
+    assert msg.disposition() == "nak"
+    assert "term" not in w.events
+    assert w.view().reason == DEAD_LETTERED
+
+    w.js.failing.clear()
+    msg = w.deliver(order_bytes(), MAX_DELIVERIES + 1)
+
+    assert msg.disposition() == "term"
+    the_dead_letter(w, MAX_DELIVERIES + 1)
+
+
+def test_last_delivery_the_server_makes_is_never_nakd_when_the_outcome_cannot_be_stored() -> None:
+    """JetStream stops delivering at ``max_deliver`` (``MAX_DELIVERIES`` + grace): a nak
+    there strands the message with neither an outcome event nor a dead letter."""
+    w = World()
+    w.workers_complete()
+    w.js.failing.add(names.SUBJECT_COMPLETED)
+    last = MAX_DELIVERIES + SERVER_DELIVERY_GRACE
+    for delivered in range(1, last):
+        assert w.deliver(order_bytes(), delivered).disposition() == "nak"
+
+    msg = w.deliver(order_bytes(), last)
+
+    assert msg.disposition() == "term", "the server will not deliver this message again"
+    the_dead_letter(w, last)
+
+
+# --- shutdown ----------------------------------------------------------------------
+
+
+def test_cancellation_propagates_and_leaves_the_message_to_the_consumer() -> None:
+    w = World()  # the workflow never reports
+    msg = FakeMsg(order_bytes(), w.events)
+
+    async def shut_down_while_waiting() -> None:
+        task = asyncio.create_task(w.processor.handle(cast(Any, msg)))
+        while not w.dispatcher.sent:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(shut_down_while_waiting())
+
+    assert msg.calls == []  # the consumer naks it on the way out
+    assert w.watcher.waiters == {}
