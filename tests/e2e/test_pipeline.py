@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-import struct
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import nats
+import protowire
 import pytest
 
 from bridge import codec
@@ -270,50 +270,13 @@ def test_order_published_again_after_completion_is_acked_without_effects(
 # OrderCreated by hand from the wire format instead of using generated code.
 
 
-def _varint(value: int) -> bytes:
-    value &= (1 << 64) - 1  # negative int32 is sign-extended to ten bytes
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _tag(number: int, wire_type: int) -> bytes:
-    return _varint(number << 3 | wire_type)
-
-
-def _len_delimited(number: int, payload: bytes) -> bytes:
-    return _tag(number, 2) + _varint(len(payload)) + payload
-
-
-def _string(number: int, text: str) -> bytes:
-    return _len_delimited(number, text.encode()) if text else b""
-
-
-def _int32(number: int, value: int) -> bytes:
-    return _tag(number, 0) + _varint(value) if value else b""
-
-
-def _double(number: int, value: float) -> bytes:
-    return _tag(number, 1) + struct.pack("<d", value) if value else b""
-
-
 def encode_order_created_by_hand(o: RawOrder) -> bytes:
-    items = b"".join(
-        _len_delimited(
-            3,
-            _string(1, i.product_id) + _int32(2, i.quantity) + _double(3, i.unit_price),
-        )
-        for i in o.items
-    )
-    return (
-        _string(1, o.order_id)
-        + _string(2, o.customer_id)
-        + items
-        + _double(4, o.total_amount)
-        + _string(5, o.currency)
+    return protowire.order_created(
+        o.order_id,
+        o.customer_id,
+        [(i.product_id, i.quantity, i.unit_price) for i in o.items],
+        o.total_amount,
+        o.currency,
     )
 
 

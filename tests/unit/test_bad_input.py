@@ -21,6 +21,7 @@ from fractions import Fraction
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from protowire import field, varint
 
 from bridge import codec
 from bridge.pb.orders.v1 import orders_pb2
@@ -182,23 +183,6 @@ def wire(msg: orders_pb2.OrderCreated) -> bytes:
     return msg.SerializeToString()
 
 
-def _varint(value: int) -> bytes:
-    value &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _field(number: int, wire_type: int, payload: bytes) -> bytes:
-    tag = _varint(number << 3 | wire_type)
-    if wire_type == 2:
-        return tag + _varint(len(payload)) + payload
-    return tag + payload
-
-
 CURRENCIES = sorted(money.MINOR_UNIT_EXPONENTS)
 
 
@@ -342,12 +326,12 @@ def test_valid_messages_are_valid(msg: orders_pb2.OrderCreated) -> None:
 
 def _payload(wire_type: int, value: int) -> bytes:
     if wire_type == 0:
-        return _varint(value)
+        return varint(value)
     if wire_type == 1:
         return struct.pack("<Q", value & (2**64 - 1))
     if wire_type == 5:
         return struct.pack("<I", value & (2**32 - 1))
-    return _varint(value)[:3]  # length-delimited, or a group start/end with junk after it
+    return varint(value)[:3]  # length-delimited, or a group start/end with junk after it
 
 
 @FUZZ
@@ -374,30 +358,28 @@ def test_fields_with_wrong_wire_types_are_classified(
     data = wire(message()) if with_order_id else b""
     for number, wire_type, value, item_fields in fields:
         if number == 3 and wire_type == 2:
-            item = b"".join(_field(n, t, _payload(t, v)) for n, t, v in item_fields)
-            data += _field(number, 2, item)
+            item = b"".join(field(n, t, _payload(t, v)) for n, t, v in item_fields)
+            data += field(number, 2, item)
         else:
-            data += _field(number, wire_type, _payload(wire_type, value))
+            data += field(number, wire_type, _payload(wire_type, value))
     assert_well_classified(data)
 
 
 @pytest.mark.parametrize(
     ("data", "kind"),
     [
-        pytest.param(_field(1, 0, _varint(7)), "poison", id="order_id-as-varint"),
-        pytest.param(_field(1, 1, b"\0" * 8), "poison", id="order_id-as-fixed64"),
-        pytest.param(_field(1, 5, b"\0" * 4), "poison", id="order_id-as-fixed32"),
-        pytest.param(_field(1, 2, b"\xff\xfe"), "poison", id="order_id-bad-utf8"),
-        pytest.param(_field(1, 3, b""), "poison", id="order_id-as-open-group"),
+        pytest.param(field(1, 0, varint(7)), "poison", id="order_id-as-varint"),
+        pytest.param(field(1, 1, b"\0" * 8), "poison", id="order_id-as-fixed64"),
+        pytest.param(field(1, 5, b"\0" * 4), "poison", id="order_id-as-fixed32"),
+        pytest.param(field(1, 2, b"\xff\xfe"), "poison", id="order_id-bad-utf8"),
+        pytest.param(field(1, 3, b""), "poison", id="order_id-as-open-group"),
         pytest.param(b"\x0b" * 200 + b"\x0c" * 200, "poison", id="deeply-nested-groups"),
-        pytest.param(_field(1, 2, b"o") + _field(3, 0, _varint(5)), "invalid", id="items-varint"),
+        pytest.param(field(1, 2, b"o") + field(3, 0, varint(5)), "invalid", id="items-varint"),
         pytest.param(
-            _field(1, 2, b"o") + _field(3, 2, _field(2, 1, b"\0" * 8)), "invalid", id="qty-double"
+            field(1, 2, b"o") + field(3, 2, field(2, 1, b"\0" * 8)), "invalid", id="qty-double"
         ),
-        pytest.param(
-            _field(1, 2, b"o") + _field(3, 2, b"\x0a\x05ab"), "poison", id="item-cut-short"
-        ),
-        pytest.param(_field(1, 2, b"o") + b"\x80" * 11, "poison", id="overlong-varint"),
+        pytest.param(field(1, 2, b"o") + field(3, 2, b"\x0a\x05ab"), "poison", id="item-cut-short"),
+        pytest.param(field(1, 2, b"o") + b"\x80" * 11, "poison", id="overlong-varint"),
     ],
 )
 def test_known_wire_damage(data: bytes, kind: str) -> None:
@@ -419,7 +401,7 @@ def _padded(size: int) -> bytes:
     """A valid message padded to exactly ``size`` bytes with an unknown field."""
     base = wire(message())
     pad = size - len(base) - 4  # tag (1 byte) + length varint (3 bytes)
-    data = base + _field(6, 2, b"p" * pad)
+    data = base + field(6, 2, b"p" * pad)
     assert len(data) == size
     return data
 

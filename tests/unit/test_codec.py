@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import struct
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from protowire import fixed64_double, length_delimited, string, varint, varint_field
 
 from bridge.codec import (
     PoisonMessage,
@@ -34,40 +33,6 @@ def order(**changes: object) -> RawOrder:
         "currency": "EUR",
     }
     return RawOrder.model_validate(fields | changes)
-
-
-# --- the protobuf wire format, by hand, so the tests do not trust generated code ---
-
-
-def varint(value: int) -> bytes:
-    # Negative int32 values are sign-extended to 64 bits on the wire (10 bytes).
-    value &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def tag(field: int, wire_type: int) -> bytes:
-    return varint(field << 3 | wire_type)
-
-
-def length_delimited(field: int, payload: bytes) -> bytes:
-    return tag(field, 2) + varint(len(payload)) + payload
-
-
-def string(field: int, text: str) -> bytes:
-    return length_delimited(field, text.encode())
-
-
-def fixed64_double(field: int, value: float) -> bytes:
-    return tag(field, 1) + struct.pack("<d", value)
-
-
-def varint_field(field: int, value: int) -> bytes:
-    return tag(field, 0) + varint(value)
 
 
 def go_item(product_id: str, quantity: int, unit_price: float) -> bytes:
