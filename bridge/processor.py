@@ -104,10 +104,14 @@ class OrderProcessor:
             raise codec.PoisonMessage(problem)
         return raw
 
-    async def _process(self, msg: Msg, raw: RawOrder) -> None:
+    async def _process(self, msg: Msg, delivered: RawOrder) -> None:
         d = self._d
+        begin = await d.state.begin(
+            delivered.order_id, self._stall_s, order_json=delivered.model_dump_json()
+        )
+        # The order as first stored: what every send of its workflow must carry.
+        raw = RawOrder.model_validate_json(begin.order_json) if begin.order_json else delivered
         verdict = validate_order(raw, d.limits)
-        begin = await d.state.begin(raw.order_id, self._stall_s)
         if begin.next is Next.DONE:
             d.metrics.duplicates.inc()
             await self._ack(msg)
@@ -244,7 +248,8 @@ class OrderProcessor:
             return False  # never started: nothing to compensate
         if view.outcome is not None:
             return True
-        order = validate_order(raw, d.limits)
+        stored = RawOrder.model_validate_json(view.order_json) if view.order_json else raw
+        order = validate_order(stored, d.limits)
         if not isinstance(order, Order):
             return False
         if not await d.state.abandon(raw.order_id, view.epoch, reason):

@@ -47,16 +47,22 @@ class Begin:
     epoch: int
     run: int
     error: str = ""
+    order_json: str = ""  # the order as first stored (for START and ATTACH)
 
 
-# KEYS: order   ARGV: now ms, stall ms, mode ('deliver' | 'poll')
+# The first content seen for an order id is the order: a later message with the
+# same id but other content (a buggy producer) follows the stored one, so
+# two versions can never race each other's effects.
+#
+# KEYS: order   ARGV: now ms, stall ms, mode ('deliver' | 'poll'), order JSON
+# Reply: next, epoch, run, error, stored order JSON (for start and attach)
 _BEGIN = """
 local h = KEYS[1]
 local now = tonumber(ARGV[1])
 if redis.call('EXISTS', h) == 0 then
   redis.call('HSET', h, 'status', 'RECEIVED', 'epoch', 1, 'run', 1, 'charges', 0,
-             'refunds', 0, 'received_ms', now, 'updated_ms', now)
-  return {'start', 1, 1, ''}
+             'refunds', 0, 'received_ms', now, 'updated_ms', now, 'order', ARGV[4])
+  return {'start', 1, 1, '', ARGV[4]}
 end
 local f = redis.call('HMGET', h, 'published', 'outcome', 'dead', 'error', 'updated_ms',
                      'epoch', 'run')
@@ -72,14 +78,14 @@ if f[3] == '1' then
   epoch = epoch + 1
   redis.call('HSET', h, 'epoch', epoch, 'run', 1, 'dead', '', 'error', '', 'status',
              'RECEIVED', 'reason', '', 'detail', '', 'updated_ms', now)
-  return {'start', epoch, 1, ''}
+  return {'start', epoch, 1, '', redis.call('HGET', h, 'order') or ARGV[4]}
 end
 if (f[4] and f[4] ~= '') or now - (tonumber(f[5]) or 0) > tonumber(ARGV[2]) then
   run = run + 1
   redis.call('HSET', h, 'run', run, 'error', '', 'updated_ms', now)
-  return {'start', epoch, run, ''}
+  return {'start', epoch, run, '', redis.call('HGET', h, 'order') or ARGV[4]}
 end
-return {'attach', epoch, run, ''}
+return {'attach', epoch, run, '', redis.call('HGET', h, 'order') or ARGV[4]}
 """
 
 # KEYS: order   ARGV: epoch, now ms.  Progress marker; RECEIVED becomes PROCESSING.
@@ -151,6 +157,7 @@ class OrderView:
     outcome: Outcome | None
     published: bool
     dead: bool
+    order_json: str  # the order as first stored
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -167,7 +174,13 @@ def _now_ms() -> int:
 
 
 def _begin(reply: list[Any]) -> Begin:
-    return Begin(next=Next(reply[0]), epoch=int(reply[1]), run=int(reply[2]), error=reply[3])
+    return Begin(
+        next=Next(reply[0]),
+        epoch=int(reply[1]),
+        run=int(reply[2]),
+        error=reply[3],
+        order_json=reply[4] if len(reply) > 4 else "",
+    )
 
 
 def _finalize_args(epoch: int, outcome: Outcome) -> list[Any]:
@@ -213,6 +226,7 @@ def _view(order_id: str, fields: dict[str, str]) -> OrderView | None:
         outcome=outcome,
         published=bool(fields.get("published")),
         dead=fields.get("dead") == "1",
+        order_json=fields.get("order", ""),
     )
 
 
@@ -274,12 +288,20 @@ class AsyncOrderState:
         self._finalize = client.register_script(_FINALIZE)
         self._abandon = client.register_script(_ABANDON)
 
-    async def begin(self, order_id: str, stall_timeout_s: float, *, poll: bool = False) -> Begin:
-        """Decide what to do with a delivery (``poll=False``) or with an order being
-        waited on (``poll=True``: a failed workflow is reported, not restarted)."""
+    async def begin(
+        self, order_id: str, stall_timeout_s: float, *, poll: bool = False, order_json: str = ""
+    ) -> Begin:
+        """Decide what to do with a delivery of ``order_json`` (``poll=False``) or with
+        an order being waited on (``poll=True``: a failed workflow is reported, not
+        restarted)."""
         reply = await self._begin(
             keys=[keys.order(order_id)],
-            args=[_now_ms(), int(stall_timeout_s * 1000), "poll" if poll else "deliver"],
+            args=[
+                _now_ms(),
+                int(stall_timeout_s * 1000),
+                "poll" if poll else "deliver",
+                order_json,
+            ],
         )
         return _begin(reply)
 

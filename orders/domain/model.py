@@ -37,7 +37,14 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class RawItem(_Frozen):
+class _Raw(_Frozen):
+    # A raw order is stored as JSON (the first version of an order id is kept) and
+    # may hold NaN or infinity, which must survive the round trip to be rejected
+    # for what they are.
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="constants")
+
+
+class RawItem(_Raw):
     """An item as decoded from the wire, before any rule is applied."""
 
     product_id: str
@@ -45,7 +52,7 @@ class RawItem(_Frozen):
     unit_price: float
 
 
-class RawOrder(_Frozen):
+class RawOrder(_Raw):
     """An ``OrderCreated`` as decoded from the wire, before validation.
 
     Amounts are still the producer's floating-point major units; only

@@ -163,7 +163,9 @@ class FakeState:
 
     # -- the bridge's API ------------------------------------------------------------
 
-    async def begin(self, order_id: str, stall_timeout_s: float, *, poll: bool = False) -> Begin:
+    async def begin(
+        self, order_id: str, stall_timeout_s: float, *, poll: bool = False, order_json: str = ""
+    ) -> Begin:
         now = _now_ms()
         h = self.hashes.get(order_id)
         if h is None:
@@ -175,8 +177,10 @@ class FakeState:
                 "refunds": "0",
                 "received_ms": str(now),
                 "updated_ms": str(now),
+                "order": order_json,
             }
-            return Begin(Next.START, 1, 1)
+            return Begin(Next.START, 1, 1, "", order_json)
+        stored = h.get("order") or order_json
         epoch, run = int(h.get("epoch") or 1), int(h.get("run") or 0)
         if h.get("published"):
             return Begin(Next.DONE, epoch, run)
@@ -191,12 +195,12 @@ class FakeState:
             epoch += 1
             h.update(epoch=str(epoch), run="1", dead="", error="", status="RECEIVED")
             h.update(reason="", detail="", updated_ms=str(now))
-            return Begin(Next.START, epoch, 1)
+            return Begin(Next.START, epoch, 1, "", stored)
         if h.get("error") or now - int(h.get("updated_ms") or 0) > int(stall_timeout_s * 1000):
             run += 1
             h.update(run=str(run), error="", updated_ms=str(now))
-            return Begin(Next.START, epoch, run)
-        return Begin(Next.ATTACH, epoch, run)
+            return Begin(Next.START, epoch, run, "", stored)
+        return Begin(Next.ATTACH, epoch, run, "", stored)
 
     async def finalize(self, epoch: int, outcome: Outcome) -> bool:
         return self.finish(epoch, outcome)
@@ -668,3 +672,24 @@ def test_cancellation_propagates_and_leaves_the_message_to_the_consumer() -> Non
 
     assert msg.calls == []  # the consumer naks it on the way out
     assert w.watcher.waiters == {}
+
+
+def test_a_later_message_with_other_content_follows_the_order_as_first_stored() -> None:
+    """Two versions of one order id (a buggy producer) never race each other's effects:
+    the first content is the order; an invalid second version cannot fail it."""
+    w = World()
+    w.workers_complete()
+    first = RawOrder(
+        order_id=ORDER_ID,
+        customer_id="customer-1",
+        items=(RawItem(product_id="sku-1", quantity=2, unit_price=5.0),),
+        total_amount=10.0,
+        currency="USD",
+    )
+    asyncio.run(w.state.begin(ORDER_ID, 60, order_json=first.model_dump_json()))
+
+    msg = w.deliver(order_bytes(total_amount=99.0))  # same id, a total that does not match
+
+    assert msg.disposition() == "ack"
+    the_outcome(w, OutcomeKind.COMPLETED)
+    assert [p.subject for p in w.js.published] == [names.SUBJECT_COMPLETED]

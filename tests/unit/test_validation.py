@@ -108,3 +108,11 @@ def test_any_exact_total_is_accepted(quantities: list[int], cents: int) -> None:
     order = validate_order(raw(items=items, total_amount=total_cents / 100))
     assert isinstance(order, Order), order
     assert order.total_minor == total_cents
+
+
+@pytest.mark.parametrize("amount", [math.nan, math.inf, -math.inf])
+def test_a_raw_order_keeps_non_finite_amounts_through_json(amount: float) -> None:
+    order = raw(total_amount=amount)
+    again = RawOrder.model_validate_json(order.model_dump_json())
+    assert isinstance(validate_order(again), Invalid)
+    assert repr(again.total_amount) == repr(amount)
