@@ -88,9 +88,10 @@ class Consumer:
                         backoff = min(backoff * 2, 5.0)
                         continue
                 if not self._connected():
-                    # A fetch sent now would wait in the client's reconnect buffer and
-                    # reach the server late, pulling messages into a request nobody
-                    # reads any more (they would come back only after ack_wait).
+                    # NATS: a fetch sent now would wait in the client's reconnect
+                    # buffer and reach the server late, pulling messages into a request
+                    # nobody reads any more (back only after ack_wait). Redis: every
+                    # message fetched would fail and spend a delivery for nothing.
                     await asyncio.sleep(0.2)
                     continue
                 free = max_in_flight - len(self._in_flight)

@@ -82,7 +82,9 @@ async def run(settings: Settings) -> None:
             metrics=metrics,
         )
     )
-    consumer = Consumer(js, processor, settings, metrics, connected=lambda: nc.is_connected)
+    consumer = Consumer(
+        js, processor, settings, metrics, connected=lambda: nc.is_connected and watcher.healthy
+    )
 
     async def consumer_answers() -> None:
         await js.consumer_info(names.ORDERS_STREAM, names.DURABLE_CONSUMER)

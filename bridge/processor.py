@@ -91,12 +91,25 @@ class OrderProcessor:
         except Exception as exc:  # every infrastructure fault ends the same way
             detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             log.warning("order %s delivery %d failed: %s", raw.order_id, deliveries, detail)
-            if deliveries < self._d.settings.max_deliveries:
-                await self._nak(msg, deliveries)
-            else:
+            if self._should_give_up(exc, deliveries):
                 await self._give_up(msg, raw, deliveries, detail)
+            else:
+                await self._nak(msg, deliveries)
         finally:
             self._d.metrics.latency.observe(time.monotonic() - started)
+
+    def _should_give_up(self, exc: Exception, deliveries: int) -> bool:
+        """Only a workflow that failed after its retries spends the delivery budget.
+
+        A fault of the bridge's own reach (Redis or NATS unreachable) says nothing
+        about the order, and giving up then could dead-letter an order whose
+        workflow completes once the fault heals: keep naking it until the server's
+        last delivery.
+        """
+        max_deliveries = self._d.settings.max_deliveries
+        if isinstance(exc, WorkflowFailed):
+            return deliveries >= max_deliveries
+        return deliveries >= max_deliveries + SERVER_DELIVERY_GRACE
 
     def _decode(self, msg: Msg) -> RawOrder:
         raw = codec.decode_order_created(msg.data, max_bytes=self._d.settings.max_message_bytes)

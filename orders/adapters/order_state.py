@@ -80,7 +80,10 @@ if f[3] == '1' then
              'RECEIVED', 'reason', '', 'detail', '', 'updated_ms', now)
   return {'start', epoch, 1, '', redis.call('HGET', h, 'order') or ARGV[4]}
 end
-if (f[4] and f[4] ~= '') or now - (tonumber(f[5]) or 0) > tonumber(ARGV[2]) then
+-- A stalled run is sent again, each time after twice as long (up to 8x): when the
+-- workers are merely behind, re-sends must not pile more work on their queues.
+local stall = tonumber(ARGV[2]) * 2 ^ math.min(math.max(run - 1, 0), 3)
+if (f[4] and f[4] ~= '') or now - (tonumber(f[5]) or 0) > stall then
   run = run + 1
   redis.call('HSET', h, 'run', run, 'error', '', 'updated_ms', now)
   return {'start', epoch, run, '', redis.call('HGET', h, 'order') or ARGV[4]}

@@ -196,7 +196,8 @@ class FakeState:
             h.update(epoch=str(epoch), run="1", dead="", error="", status="RECEIVED")
             h.update(reason="", detail="", updated_ms=str(now))
             return Begin(Next.START, epoch, 1, "", stored)
-        if h.get("error") or now - int(h.get("updated_ms") or 0) > int(stall_timeout_s * 1000):
+        stall_ms = int(stall_timeout_s * 1000) * 2 ** min(max(run - 1, 0), 3)
+        if h.get("error") or now - int(h.get("updated_ms") or 0) > stall_ms:
             run += 1
             h.update(run=str(run), error="", updated_ms=str(now))
             return Begin(Next.START, epoch, run, "", stored)
