@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-quick lint format proto clean
+.PHONY: install run test test-quick test-fast test-faults lint format proto clean
 
 install: $(STAMP)
 
@@ -26,6 +26,14 @@ test: install
 ## Unit tests only (no servers).
 test-quick: install
 	$(BIN)/python -m pytest -m unit
+
+## Everything but the slow fault-injection tests (a few minutes).
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
+
+## Only the fault-injection suite (real processes killed, servers restarted, partitions).
+test-faults: install
+	$(BIN)/python -m pytest tests/faults
 
 lint: install
 	$(BIN)/ruff check .
