@@ -8,6 +8,11 @@ from pathlib import Path
 import pytest
 from harness import FaultStack
 
+# Work in progress (issue 3, faults 3 and 5: NATS restart, deleted consumer, a
+# three-node cluster losing its stream leader). Written but not yet verified
+# to pass reliably, so not collected: nothing here is counted as passing.
+collect_ignore = ["test_nats_restart.py", "test_nats_cluster.py"]
+
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[FaultStack]:
