@@ -180,12 +180,14 @@ def _text(value: object) -> str:
     metavar="N",
     help="Replay the dead letter at DLQ sequence N (repeatable).",
 )
-@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter.")
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter (the default).")
 def replay(seqs: tuple[int, ...], replay_all: bool) -> None:
     """Publish dead letters again to ORDER.created under a new Nats-Msg-Id, then
     delete them from the DLQ."""
-    if bool(seqs) == replay_all:
-        raise click.UsageError("choose --seq N or --all")
+    if seqs and replay_all:
+        raise click.UsageError("choose --seq N or --all, not both")
+    # The contract's bare `orders dlq replay` re-publishes the dead messages: all.
+    replay_all = not seqs
     config = _common.settings()
 
     async def run() -> tuple[int, list[int]]:

@@ -348,10 +348,10 @@ def test_dlq_list_and_replay(env: dict[str, str], nats_url: str, redis_url: str)
         asyncio.run(_delete_dead_letter(nats_url, garbage_seq))
 
 
-def test_dlq_replay_needs_a_choice(env: dict[str, str]) -> None:
-    result = orders(env, "dlq", "replay")
+def test_dlq_replay_refuses_both_a_choice_and_all(env: dict[str, str]) -> None:
+    result = orders(env, "dlq", "replay", "--seq", "1", "--all")
     assert result.exit_code == 2
-    assert "choose --seq N or --all" in result.stderr
+    assert "choose --seq N or --all, not both" in result.stderr
 
 
 # --- errors an operator meets ------------------------------------------------------------
