@@ -4,15 +4,17 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-quick test-fast test-faults lint format proto clean
+.PHONY: install lock run test test-quick test-fast test-faults bench lint format proto screenshot clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The locked versions (requirements/dev.lock, `make lock`), then the package itself.
+$(STAMP): pyproject.toml requirements/dev.lock
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ is required (found $$($(PYTHON) --version))"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -r requirements/dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 ## Everything on one machine: embedded NATS + Redis, bridge, worker, Flower, demo orders.
@@ -35,6 +37,14 @@ test-fast: install
 test-faults: install
 	$(BIN)/python -m pytest tests/faults
 
+## The benchmark (README, Performance): own servers and processes, about ten minutes on two
+## cores, and nothing else running. Figures to bench-results.json, plot to docs/bench.png;
+## e.g. `make bench BENCH_ARGS=--quick` for a smoke run.
+BENCH_ARGS ?=
+bench: install
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/orders bench --json bench-results.json --plot docs/bench.png $(BENCH_ARGS)
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -47,5 +57,17 @@ format: install
 proto: install
 	$(BIN)/python -m grpc_tools.protoc --plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy -I proto --python_out=bridge/pb --mypy_out=bridge/pb proto/orders/v1/orders.proto
 
+## Flower's tasks and workers pages as docs/flower-*.png, from a `make run` with its demo
+## orders (needs Chromium: apt-get install chromium).
+screenshot: install
+	$(BIN)/python -m pip install --quiet -e '.[screenshot]'
+	$(BIN)/python scripts/flower_screenshot.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+
+## Re-resolve requirements/*.lock from pyproject.toml (uv; every platform, Python 3.11+).
+lock: install
+	$(BIN)/python -m pip install --quiet uv
+	$(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --upgrade -o requirements/runtime.lock
+	$(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --upgrade --extra dev -o requirements/dev.lock

@@ -48,6 +48,8 @@ class Consumer:
         self._stopping = asyncio.Event()
         self._resubscribe = asyncio.Event()
         self._last_progress = time.monotonic()  # a fetch returned messages, or none were due
+        self._fetch_failing_since: float | None = None  # fetches raise errors since then
+        self._fetch_error = ""
         self._problem: str | None = "not subscribed yet"
 
     def problem(self) -> str | None:
@@ -106,15 +108,20 @@ class Consumer:
                 except (nats.errors.TimeoutError, TimeoutError):
                     # Nothing to fetch (nats-py raises either class for an empty batch).
                     backoff = 0.1
+                    self._fetch_failing_since = None
                     continue
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
                     log.warning("fetch failed (%r); retrying in %.1fs", exc, backoff)
+                    if self._fetch_failing_since is None:
+                        self._fetch_failing_since = time.monotonic()
+                    self._fetch_error = f"{type(exc).__name__}: {exc}"
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
                 backoff = 0.1
+                self._fetch_failing_since = None
                 self._last_progress = time.monotonic()
                 for msg in msgs:
                     if self._stopping.is_set():
@@ -172,7 +179,19 @@ class Consumer:
             except Exception as exc:
                 self._problem = f"consumer does not answer: {type(exc).__name__}: {exc}"
                 continue
+            self._metrics.consumer_pending.set(info.num_pending or 0)
+            self._metrics.consumer_ack_pending.set(info.num_ack_pending or 0)
+            self._metrics.consumer_redelivered.set(info.num_redelivered or 0)
             now = time.monotonic()
+            failing_since = self._fetch_failing_since
+            if failing_since is not None and now - failing_since > stall_s:
+                self._problem = f"cannot fetch for {now - failing_since:.0f}s: {self._fetch_error}"[
+                    :300
+                ]
+                log.warning("%s; re-subscribing", self._problem)
+                self._fetch_failing_since = now
+                self.resubscribe()
+                continue
             starved = len(self._in_flight) < self._settings.bridge_max_in_flight
             if info.num_pending == 0 or not starved:
                 self._last_progress = now  # nothing due to us: idle is healthy

@@ -6,6 +6,8 @@ from __future__ import annotations
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from bridge.store import store
+from bridge.tracing import publish_span
 from orders import names
 
 # Header values are one line; a reason is cut to a size a human reads whole.
@@ -32,14 +34,23 @@ def one_line(text: str) -> str:
     return "".join(ch if ch.isprintable() else " " for ch in text)
 
 
-async def dead_letter(js: JetStreamContext, msg: Msg, reason: str, timeout: float) -> None:
-    """Store the dead letter, then terminate the original. Raises if the store failed,
-    in which case the original is left for redelivery."""
-    await js.publish(
-        names.SUBJECT_DLQ_CREATED,
-        msg.data,
-        headers=dlq_headers(msg, reason),
-        timeout=timeout,
-        stream=names.DLQ_STREAM,
-    )
+async def dead_letter(
+    js: JetStreamContext, msg: Msg, reason: str, *, timeout: float, patience: float
+) -> None:
+    """Store the dead letter, then terminate the original. Raises if the store failed
+    (after :func:`~bridge.store.store`'s retries), in which case the original is left
+    for redelivery."""
+    headers = dlq_headers(msg, reason)
+    # The dead letter keeps its producer's traceparent (the message is stored
+    # unchanged): a replay continues the original trace.
+    with publish_span(names.SUBJECT_DLQ_CREATED, headers, inject=False):
+        await store(
+            js,
+            names.SUBJECT_DLQ_CREATED,
+            msg.data,
+            headers=headers,
+            stream=names.DLQ_STREAM,
+            request_timeout=timeout,
+            patience=patience,
+        )
     await msg.term()

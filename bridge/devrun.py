@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-import nats
 import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -50,6 +49,8 @@ from bridge.devservers import (
     ServerUnavailable,
     free_port,
 )
+from bridge.nats_connect import connect as nats_connect
+from bridge.tracing import new_order_trace
 from orders import names
 from orders.adapters.order_state import OrderState
 from orders.adapters.redis_inventory import RedisInventory
@@ -212,6 +213,8 @@ def _run_processes(
         "NATS_URL": nats_url,
         "REDIS_URL": redis_url,
         "ORDERS_DEV_MODE": "1",
+        # The demo's tasks appear in Flower even before Flower turns events on.
+        "TASK_EVENTS": "1",
         "FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{password}",
         "PYTHONUNBUFFERED": "1",
     }
@@ -517,12 +520,8 @@ def _cases(run_id: str, settings: Settings) -> list[Case]:
 
 
 async def _publish_and_observe(cases: list[Case], ctx: DemoContext) -> Observed:
-    nc = await nats.connect(
-        [s.strip() for s in ctx.settings.nats_url.split(",")],
-        name="orders-demo",
-        allow_reconnect=False,
-        connect_timeout=ctx.settings.nats_connect_timeout.total_seconds(),
-        error_cb=_ignore_error,
+    nc = await nats_connect(
+        ctx.settings, name="orders-demo", allow_reconnect=False, error_cb=_ignore_error
     )
     try:
         js = nc.jetstream(timeout=5)
@@ -530,9 +529,9 @@ async def _publish_and_observe(cases: list[Case], ctx: DemoContext) -> Observed:
         for case in cases:
             if ctx.stop.is_set():
                 raise DemoStopped
-            ack = await js.publish(
-                names.SUBJECT_CREATED, case.data, headers={names.HDR_MSG_ID: case.msg_id}
-            )
+            headers = {names.HDR_MSG_ID: case.msg_id}
+            with new_order_trace(names.SUBJECT_CREATED, case.msg_id, headers):
+                ack = await js.publish(names.SUBJECT_CREATED, case.data, headers=headers)
             case.seq = ack.seq
         ctx.say(f"published {len(cases)} messages to {names.SUBJECT_CREATED}; waiting for outcomes")
         return await _observe(js, cases, dlq_start, ctx)

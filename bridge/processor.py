@@ -25,11 +25,12 @@ from celery import Celery
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from bridge import codec
+from bridge import codec, tracing
 from bridge.completions import CompletionWatcher
 from bridge.dead_letter import dead_letter
 from bridge.dispatch import Dispatcher
 from bridge.metrics import BridgeMetrics
+from bridge.store import store
 from bridge.topology import SERVER_DELIVERY_GRACE
 from orders import names
 from orders.adapters.order_state import AsyncOrderState, Next
@@ -66,37 +67,44 @@ class OrderProcessor:
         self._d = deps
         self._stall_s = deps.settings.workflow_stall_timeout.total_seconds()
         self._poll_s = min(5.0, self._stall_s / 3)
+        self._publish_patience_s = deps.settings.publish_retry_window.total_seconds()
 
     async def handle(self, msg: Msg) -> None:
         """Process one delivery to its single disposition. Never raises except on
         cancellation (shutdown), where the caller naks."""
         started = time.monotonic()
+        try:
+            with tracing.process_span(msg):
+                await self._handle(msg)
+        finally:
+            self._d.metrics.latency.observe(time.monotonic() - started)
+
+    async def _handle(self, msg: Msg) -> None:
         deliveries = msg.metadata.num_delivered
         try:
             raw = self._decode(msg)
         except codec.PoisonMessage as exc:
             await self._dead_letter(msg, exc.reason, cause="poison")
             return
-        try:
-            earlier = None
-            if deliveries > self._d.settings.max_deliveries:
-                earlier = await self._given_up_reason(raw.order_id)
-            if earlier is not None:
-                # An earlier delivery gave up but its dead-lettering did not complete.
-                await self._give_up(msg, raw, deliveries, earlier, already_reasoned=True)
-            else:
-                await self._process(msg, raw)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # every infrastructure fault ends the same way
-            detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            log.warning("order %s delivery %d failed: %s", raw.order_id, deliveries, detail)
-            if self._should_give_up(exc, deliveries):
-                await self._give_up(msg, raw, deliveries, detail)
-            else:
-                await self._nak(msg, deliveries)
-        finally:
-            self._d.metrics.latency.observe(time.monotonic() - started)
+        with tracing.order_context(raw.order_id):
+            try:
+                earlier = None
+                if deliveries > self._d.settings.max_deliveries:
+                    earlier = await self._given_up_reason(raw.order_id)
+                if earlier is not None:
+                    # An earlier delivery gave up but its dead-lettering did not complete.
+                    await self._give_up(msg, raw, deliveries, earlier, already_reasoned=True)
+                else:
+                    await self._process(msg, raw)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # every infrastructure fault ends the same way
+                detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                log.warning("delivery %d failed: %s", deliveries, detail)
+                if self._should_give_up(exc, deliveries):
+                    await self._give_up(msg, raw, deliveries, detail)
+                else:
+                    await self._nak(msg, deliveries, detail)
 
     def _should_give_up(self, exc: Exception, deliveries: int) -> bool:
         """Only a workflow that failed after its retries spends the delivery budget.
@@ -133,7 +141,9 @@ class OrderProcessor:
             if isinstance(verdict, Invalid):
                 outcome = failed_outcome(raw.order_id, FailureReason.INVALID_ORDER, verdict.detail)
                 await d.state.finalize(begin.epoch, outcome)
-            elif await self._run_workflow(raw, begin.next is Next.START, begin.epoch, begin.run):
+            elif await self._run_workflow(
+                verdict, begin.next is Next.START, begin.epoch, begin.run
+            ):
                 d.metrics.duplicates.inc()
                 await self._ack(msg)
                 return
@@ -144,17 +154,17 @@ class OrderProcessor:
         await d.state.mark_published(raw.order_id, view.outcome.kind)
         await self._ack(msg)
 
-    async def _run_workflow(self, raw: RawOrder, start: bool, epoch: int, run: int) -> bool:
+    async def _run_workflow(self, order: Order, start: bool, epoch: int, run: int) -> bool:
         """Send (or re-attach to) the workflow and wait for its outcome to be recorded.
         Returns ``True`` when another bridge already published the outcome."""
         d = self._d
-        event = d.watcher.expect(raw.order_id)
+        event = d.watcher.expect(order.order_id)
         try:
             if start:
-                await self._send(raw, epoch, run, "new" if run == 1 else "retry")
+                await self._send(order, epoch, run, "new" if run == 1 else "retry")
             while True:
                 await _woken_or_timeout(event, self._poll_s)
-                poll = await d.state.begin(raw.order_id, self._stall_s, poll=True)
+                poll = await d.state.begin(order.order_id, self._stall_s, poll=True)
                 if poll.next is Next.PUBLISH:
                     return False
                 if poll.next is Next.DONE:
@@ -163,19 +173,19 @@ class OrderProcessor:
                     raise WorkflowFailed(poll.error)
                 if poll.next is Next.START:
                     log.warning(
-                        "order %s: workflow stalled, sending run %d", raw.order_id, poll.run
+                        "order %s: workflow stalled, sending run %d", order.order_id, poll.run
                     )
-                    await self._send(raw, poll.epoch, poll.run, "stalled")
+                    await self._send(order, poll.epoch, poll.run, "stalled")
         finally:
-            d.watcher.forget(raw.order_id, event)
+            d.watcher.forget(order.order_id, event)
 
-    async def _send(self, raw: RawOrder, epoch: int, run: int, cause: str) -> None:
+    async def _send(self, order: Order, epoch: int, run: int, cause: str) -> None:
         d = self._d
         try:
-            await d.dispatcher.send(order_workflow(d.celery, raw, epoch, run))
+            await d.dispatcher.send(order_workflow(d.celery, order, epoch, run))
         except Exception:
             with contextlib.suppress(Exception):  # best effort; else the stall timeout
-                await d.state.mark_unsent(raw.order_id)
+                await d.state.mark_unsent(order.order_id)
             raise
         d.metrics.workflows_sent.labels(cause).inc()
 
@@ -185,13 +195,20 @@ class OrderProcessor:
             if outcome.kind is OutcomeKind.COMPLETED
             else names.SUBJECT_FAILED
         )
-        ack = await self._d.js.publish(
-            subject,
-            codec.encode_outcome(outcome),
-            headers={names.HDR_MSG_ID: names.outcome_msg_id(outcome.order_id, outcome.kind)},
-            timeout=NATS_REQUEST_TIMEOUT_S,
-            stream=names.ORDERS_STREAM,
-        )
+        headers = {names.HDR_MSG_ID: names.outcome_msg_id(outcome.order_id, outcome.kind)}
+        with tracing.publish_span(subject, headers) as span:
+            span.set_attribute("orders.outcome", outcome.kind.value)
+            if outcome.reason:
+                span.set_attribute("orders.reason", outcome.reason.value)
+            ack = await store(
+                self._d.js,
+                subject,
+                codec.encode_outcome(outcome),
+                headers=headers,
+                stream=names.ORDERS_STREAM,
+                request_timeout=NATS_REQUEST_TIMEOUT_S,
+                patience=self._publish_patience_s,
+            )
         if not ack.duplicate:
             reason = outcome.reason.value if outcome.reason else ""
             self._d.metrics.outcomes.labels(outcome.kind.value, reason).inc()
@@ -225,7 +242,7 @@ class OrderProcessor:
         except Exception as exc:
             log.warning("order %s: could not start compensation (%s)", raw.order_id, exc)
             if not last_chance:
-                await self._nak(msg, deliveries)
+                await self._nak(msg, deliveries, f"compensation not started: {exc}")
                 return
             # The server will not deliver this message again: keep it in the DLQ.
             reason += f"; compensation not started: {type(exc).__name__}"
@@ -240,7 +257,7 @@ class OrderProcessor:
         except Exception as exc:
             log.warning("order %s: publishing a late outcome failed (%s)", raw.order_id, exc)
             if not last_chance:
-                await self._nak(msg, deliveries)
+                await self._nak(msg, deliveries, f"late outcome not published: {exc}")
                 return
             # The server will not deliver it again. A replay of the dead letter
             # publishes the outcome Redis holds.
@@ -273,24 +290,40 @@ class OrderProcessor:
 
     async def _dead_letter(self, msg: Msg, reason: str, cause: str) -> None:
         try:
-            await dead_letter(self._d.js, msg, reason, timeout=NATS_REQUEST_TIMEOUT_S)
+            await dead_letter(
+                self._d.js,
+                msg,
+                reason,
+                timeout=NATS_REQUEST_TIMEOUT_S,
+                patience=self._publish_patience_s,
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.warning("dead-lettering failed (%s); will be redelivered", exc)
-            await self._nak(msg, msg.metadata.num_delivered)
+            await self._nak(msg, msg.metadata.num_delivered, f"dead-lettering failed: {exc}")
             return
         log.warning("dead-lettered stream sequence %d: %s", msg.metadata.sequence.stream, reason)
+        tracing.record_disposition("term", reason)
         self._d.metrics.dead_lettered.labels(cause).inc()
+        self._observe_end_to_end(msg)
 
     async def _ack(self, msg: Msg) -> None:
         await msg.ack()
+        tracing.record_disposition("ack")
         self._d.metrics.acked.inc()
+        self._observe_end_to_end(msg)
 
-    async def _nak(self, msg: Msg, deliveries: int) -> None:
+    def _observe_end_to_end(self, msg: Msg) -> None:
+        # From the moment JetStream stored the input (its timestamp) to its last ack.
+        stored_at = msg.metadata.timestamp.timestamp()
+        self._d.metrics.end_to_end.observe(max(0.0, time.time() - stored_at))
+
+    async def _nak(self, msg: Msg, deliveries: int, why: str) -> None:
         # Never a bare nak: it redelivers at once and burns the delivery budget.
         cap = self._d.settings.nak_delay_max.total_seconds()
         delay = min(cap, 0.5 * 2 ** (deliveries - 1)) * random.uniform(0.5, 1.0)
+        tracing.record_disposition("nak", why)
         try:
             await msg.nak(delay=delay)
             self._d.metrics.nakd.inc()

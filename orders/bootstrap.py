@@ -11,10 +11,9 @@ import os
 import redis
 
 from orders.adapters.order_state import OrderState
-from orders.adapters.redis_client import sync_client
+from orders.adapters.redis_client import sync_client, tls_options
 from orders.adapters.redis_inventory import RedisInventory
 from orders.adapters.simulated_gateway import SimulatedGateway
-from orders.adapters.task_starts import TaskStarts
 from orders.domain.validation import Limits
 from orders.services import Pipeline
 from orders.settings import Settings, load_settings
@@ -23,7 +22,7 @@ _pipeline: Pipeline | None = None
 
 
 def redis_client(settings: Settings) -> redis.Redis:
-    return sync_client(settings.redis_url)
+    return sync_client(settings.redis_url, tls_options(settings))
 
 
 def limits(settings: Settings) -> Limits:
@@ -46,7 +45,6 @@ def build_pipeline(settings: Settings) -> Pipeline:
             latency_ms=settings.payment_latency_ms,
         ),
         limits=limits(settings),
-        task_starts=TaskStarts(client),
         max_worker_losses=settings.task_max_worker_losses,
     )
 

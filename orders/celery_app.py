@@ -7,7 +7,8 @@ from __future__ import annotations
 from celery import Celery
 
 from orders import names
-from orders.adapters.redis_client import REDIS_SOCKET_TIMEOUT_S
+from orders.adapters.redis_client import REDIS_SOCKET_TIMEOUT_S, tls_options
+from orders.celery_backend import backend_url
 from orders.settings import Settings
 
 # A task taken by a worker and not acked returns to its queue after this long
@@ -28,7 +29,7 @@ RESULT_EXPIRES_S = 7 * 24 * 3600
 
 
 def create_app(settings: Settings) -> Celery:
-    app = Celery("orders", broker=settings.redis_url, backend=settings.redis_url)
+    app = Celery("orders", broker=settings.redis_url, backend=backend_url(settings.redis_url))
     redis_options = {
         "visibility_timeout": VISIBILITY_TIMEOUT_S,
         "socket_timeout": REDIS_SOCKET_TIMEOUT_S,
@@ -64,12 +65,20 @@ def create_app(settings: Settings) -> Celery:
         # One unacked task per process: with acks_late, a prefetched task would sit
         # behind a slow one (payment latency) instead of going to an idle worker.
         worker_prefetch_multiplier=1,
-        # Flower shows tasks only when workers send events.
-        worker_send_task_events=True,
+        # Task events cost three publishes per task, and publishing them was 39 %
+        # of a worker's main process in the benchmark's profile. Flower turns them
+        # on in every worker it sees (Celery's enable_events, every few seconds), so
+        # they are paid for only while someone watches.
+        worker_send_task_events=settings.task_events,
         # By name, not "*": a "*" annotation would override the compensations'
         # unlimited retries (Celery applies it after the specific ones).
         task_annotations={name: _retry_policy(name, settings) for name in names.ALL_TASKS},
     )
+    if tls := tls_options(settings):
+        # rediss://: without these kombu connects WITHOUT verifying the server's
+        # certificate (CERT_NONE, with a warning) and the result backend refuses
+        # to start; with them, both verify it as the state clients do.
+        app.conf.update(broker_use_ssl=tls, redis_backend_use_ssl=tls)
     return app
 
 

@@ -53,7 +53,6 @@ QUEUE_PAYMENTS: Final = "payments"
 ALL_QUEUES: Final = (QUEUE_ORDERS, QUEUE_INVENTORY, QUEUE_PAYMENTS)
 
 # Celery task names, namespaced by step; routed by their prefix.
-TASK_VALIDATE: Final = "orders.validate_order"
 TASK_SETTLE: Final = "orders.settle_order"
 TASK_FINALIZE: Final = "orders.finalize_order"
 TASK_RESERVE: Final = "inventory.reserve_stock"
@@ -62,7 +61,6 @@ TASK_CHARGE: Final = "payments.charge_payment"
 TASK_REFUND: Final = "payments.refund_payment"
 
 ALL_TASKS: Final = (
-    TASK_VALIDATE,
     TASK_SETTLE,
     TASK_FINALIZE,
     TASK_RESERVE,
@@ -71,7 +69,7 @@ ALL_TASKS: Final = (
     TASK_REFUND,
 )
 # Steps whose retries are capped (``TASK_MAX_RETRIES``); compensations never give up.
-CAPPED_RETRY_TASKS: Final = (TASK_VALIDATE, TASK_SETTLE, TASK_FINALIZE, TASK_RESERVE, TASK_CHARGE)
+CAPPED_RETRY_TASKS: Final = (TASK_SETTLE, TASK_FINALIZE, TASK_RESERVE, TASK_CHARGE)
 
 TASK_ROUTES: Final = {
     "orders.*": {"queue": QUEUE_ORDERS},

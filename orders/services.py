@@ -1,7 +1,9 @@
 """The workflow's steps as plain functions over the ports.
 
 Celery tasks (``orders.tasks``) only decode arguments, call one function here
-and encode the result. Every step is idempotent per order and epoch: a task
+and encode the result. The order they get is already validated: the bridge
+validates every order before it sends a workflow, and finalizes an invalid one
+itself. Every step is idempotent per order and epoch: a task
 run twice (redelivery after a worker died, a workflow sent again) has the
 effect of running once.
 """
@@ -11,18 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from orders.adapters.order_state import OrderState
-from orders.adapters.task_starts import TaskStarts
 from orders.domain.model import (
     FailureReason,
-    Invalid,
     Order,
     Outcome,
-    RawOrder,
     Settlement,
     StepResult,
 )
 from orders.domain.settlement import settle
-from orders.domain.validation import Limits, validate_order
+from orders.domain.validation import Limits
 from orders.ports import Inventory, PaymentGateway
 
 
@@ -34,7 +33,6 @@ class Pipeline:
     inventory: Inventory
     gateway: PaymentGateway
     limits: Limits
-    task_starts: TaskStarts
     max_worker_losses: int
 
 
@@ -43,18 +41,11 @@ def charge_key(order_id: str, epoch: int) -> str:
     return f"{order_id}:{epoch}"
 
 
-def validate_step(p: Pipeline, raw: RawOrder, epoch: int) -> Order | Invalid:
-    p.state.touch(raw.order_id, epoch)
-    return validate_order(raw, p.limits)
-
-
 def reserve_step(p: Pipeline, order: Order, epoch: int) -> StepResult:
-    p.state.touch(order.order_id, epoch)
     return p.inventory.reserve(order.order_id, epoch, order.quantities())
 
 
 def charge_step(p: Pipeline, order: Order, epoch: int) -> StepResult:
-    p.state.touch(order.order_id, epoch)
     result = p.gateway.charge(charge_key(order.order_id, epoch), order.total_minor, order.currency)
     if not result.approved:
         return StepResult.failure(FailureReason.PAYMENT_DECLINED, result.detail)

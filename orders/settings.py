@@ -10,12 +10,23 @@ secret in a URL cannot leak through an error message.
 from __future__ import annotations
 
 import re
+import ssl
 from datetime import timedelta
 from decimal import Decimal
-from typing import Annotated
-from urllib.parse import urlsplit, urlunsplit
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -27,6 +38,61 @@ def _plain_seconds(value: object) -> object:
 
 
 PositiveSeconds = Annotated[timedelta, BeforeValidator(_plain_seconds), Field(gt=timedelta(0))]
+
+
+def _blank_is_unset(value: object) -> object:
+    # `NATS_CREDS=` in a compose file or .env means "not set", not "the file ''".
+    if isinstance(value, str) and not value.strip():
+        return None
+    return value
+
+
+def _readable(path: Path | None) -> Path | None:
+    # Checked at start, so a missing secret file stops the process with one line
+    # instead of failing at the first (re)connect. The path is not echoed.
+    if path is None:
+        return None
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ValueError(f"cannot read that file ({reason.lower()})") from None
+    return path
+
+
+def _nats_creds_file(path: Path | None) -> Path | None:
+    if path is None:
+        return None
+    text = path.read_text(errors="replace")
+    if "BEGIN NATS USER JWT" not in text or "BEGIN USER NKEY SEED" not in text:
+        raise ValueError("not a NATS credentials file (a user JWT and its NKey seed)")
+    return path
+
+
+def _nkey_seed_file(path: Path | None) -> Path | None:
+    if path is None:
+        return None
+    seed = path.read_text(errors="replace").strip()
+    if not re.fullmatch(r"SU[A-Z2-7]{56}", seed):
+        raise ValueError("not an NKey user seed file (one line starting with SU)")
+    return path
+
+
+ReadableFile = Annotated[Path | None, BeforeValidator(_blank_is_unset), AfterValidator(_readable)]
+NatsCredsFile = Annotated[ReadableFile, AfterValidator(_nats_creds_file)]
+NkeySeedFile = Annotated[ReadableFile, AfterValidator(_nkey_seed_file)]
+OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_blank_is_unset)]
+
+# Query parameters of a URL whose values are redacted like a password.
+_SECRET_QUERY_KEY = re.compile(r"pass|token|secret", re.IGNORECASE)
+
+
+def _setting_error(variable: str, detail: str) -> PydanticCustomError:
+    # A cross-field error has no field location; it names its variable itself.
+    return PydanticCustomError(
+        "setting", "{variable}: {detail}", {"variable": variable, "detail": detail}
+    )
 
 
 class Settings(BaseSettings):
@@ -59,6 +125,10 @@ class Settings(BaseSettings):
     # subscriptions can stall after a server restart, nats-io/nats.py#504).
     consumer_stall_timeout: PositiveSeconds = timedelta(seconds=30)
     drain_timeout: PositiveSeconds = timedelta(seconds=20)
+    # How long an outcome event or dead letter that JetStream refuses (a stream
+    # leader election, a server restart) is retried in place before the input is
+    # nak'd: each nak would spend one of the order's deliveries.
+    publish_retry_window: PositiveSeconds = timedelta(seconds=60)
     nak_delay_max: PositiveSeconds = timedelta(seconds=30)
     nats_connect_timeout: PositiveSeconds = timedelta(seconds=5)
 
@@ -74,6 +144,43 @@ class Settings(BaseSettings):
     # Starts of one task that may end with its worker process dying before the
     # task refuses to run (and the order fails over to redelivery, then the DLQ).
     task_max_worker_losses: int = Field(3, ge=1, le=100)
+    # Workers send task events from the start (Flower turns them on anyway, within
+    # seconds of seeing a worker; they cost three publishes per task).
+    task_events: bool = False
+
+    # --- security (SECURITY.md) ----------------------------------------------------
+    # Credentials in NATS_URL (user:password@, token@) need no setting; these are
+    # the other forms nats-py supports. Paths, checked readable at start.
+    nats_creds: NatsCredsFile = None  # user JWT + NKey seed (operator / decentralized auth)
+    nats_nkey: NkeySeedFile = None  # NKey seed of a user in the server's authorization block
+    nats_tls_ca: ReadableFile = None
+    nats_tls_cert: ReadableFile = None
+    nats_tls_key: ReadableFile = None
+    # Where replies to this client go (JetStream API answers, pulled messages). A
+    # prefix of its own lets the server's permissions keep other users, who may
+    # subscribe to _INBOX.> for their own replies, from reading the bridge's.
+    nats_inbox_prefix: str = Field("_INBOX", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+    # Used when REDIS_URL is rediss:// (and only then: set otherwise, an error).
+    redis_tls_ca: ReadableFile = None
+    redis_tls_cert: ReadableFile = None
+    redis_tls_key: ReadableFile = None
+    # Read by orders-web (format checked there); a secret, so masked wherever the
+    # settings are printed.
+    flower_basic_auth: OptionalSecret = None
+
+    # --- logs ---------------------------------------------------------------------
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
 
     @field_validator("nats_url")
     @classmethod
@@ -82,6 +189,10 @@ class Settings(BaseSettings):
             scheme = urlsplit(server.strip()).scheme
             if scheme not in {"nats", "tls", "ws", "wss"}:
                 raise ValueError("each server must be a nats://, tls://, ws:// or wss:// URL")
+        if len({_userinfo(server) for server in value.split(",")} - {None}) > 1:
+            # nats-py sends one user/password or token to every server of the pool
+            # (and to servers a cluster announces), so they cannot differ.
+            raise ValueError("servers must not carry different credentials")
         return value
 
     @field_validator("redis_url")
@@ -90,6 +201,56 @@ class Settings(BaseSettings):
         if urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
+
+    @model_validator(mode="after")
+    def _security_files(self) -> Settings:
+        if self.nats_creds and self.nats_nkey:
+            raise _setting_error("NATS_NKEY", "NATS_CREDS is set too; use one of them")
+        _check_tls("NATS", self.nats_tls_ca, self.nats_tls_cert, self.nats_tls_key)
+        _check_tls("REDIS", self.redis_tls_ca, self.redis_tls_cert, self.redis_tls_key)
+        redis_tls = self.redis_tls_ca or self.redis_tls_cert or self.redis_tls_key
+        if redis_tls and urlsplit(self.redis_url).scheme != "rediss":
+            raise _setting_error(
+                "REDIS_URL",
+                "must be a rediss:// URL when REDIS_TLS_CA, REDIS_TLS_CERT or REDIS_TLS_KEY is set",
+            )
+        return self
+
+    def __repr_args__(self) -> Any:
+        # Passwords in URLs stay out of any printed configuration (SecretStr
+        # fields mask themselves).
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name in {"nats_url", "redis_url"} else value
+
+
+def _userinfo(url: str) -> tuple[str, str | None] | None:
+    parts = urlsplit(url.strip())
+    if parts.username is None:
+        return None
+    return unquote(parts.username), None if parts.password is None else unquote(parts.password)
+
+
+def _check_tls(prefix: str, ca: Path | None, cert: Path | None, key: Path | None) -> None:
+    """CA, certificate and key load as Python's ssl module will load them later."""
+    if cert and not key:
+        raise _setting_error(f"{prefix}_TLS_KEY", f"required with {prefix}_TLS_CERT")
+    if key and not cert:
+        raise _setting_error(f"{prefix}_TLS_CERT", f"required with {prefix}_TLS_KEY")
+    context = ssl.create_default_context()
+    if ca:
+        try:
+            context.load_verify_locations(cafile=ca)
+        except (ssl.SSLError, ValueError):
+            raise _setting_error(f"{prefix}_TLS_CA", "no PEM certificate in that file") from None
+    if cert and key:
+        try:
+            context.load_cert_chain(cert, key)
+        except (ssl.SSLError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or "not a PEM certificate and its key"
+            raise _setting_error(
+                f"{prefix}_TLS_CERT",
+                f"certificate and {prefix}_TLS_KEY do not load together ({reason})",
+            ) from None
 
 
 class ConfigError(Exception):
@@ -102,20 +263,34 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         error = exc.errors(include_url=False, include_input=False)[0]
-        variable = str(error["loc"][0]).upper() if error["loc"] else "configuration"
-        raise ConfigError(f"invalid setting {variable}: {error['msg']}") from None
+        if not error["loc"] and error["type"] == "setting":
+            context = error.get("ctx") or {}
+            variable, message = context["variable"], context["detail"]
+        else:
+            variable = str(error["loc"][0]).upper() if error["loc"] else "configuration"
+            message = error["msg"]
+        raise ConfigError(f"invalid setting {variable}: {message}") from None
 
 
 def redact_url(url: str) -> str:
-    """The URL without its password, fit for logs (comma-separated lists kept)."""
+    """The URL without its secrets, fit for logs (comma-separated lists kept).
+
+    A password becomes ``***``; so does a user part without a password, which
+    NATS reads as a token (``nats://TOKEN@host``), and the value of a query
+    parameter named like a password, token or secret.
+    """
     redacted = []
     for part in url.split(","):
         parts = urlsplit(part.strip())
-        if parts.password is not None:
-            host = parts.hostname or ""
-            if parts.port:
-                host = f"{host}:{parts.port}"
-            user = f"{parts.username}:***@" if parts.username else "***@"
-            parts = parts._replace(netloc=user + host)
+        userinfo, at, host = parts.netloc.rpartition("@")
+        if at:
+            user, colon, _ = userinfo.partition(":")
+            parts = parts._replace(netloc=(f"{user}:***@" if colon and user else "***@") + host)
+        if parts.query:
+            pairs = []
+            for pair in parts.query.split("&"):
+                key, equals, _ = pair.partition("=")
+                pairs.append(f"{key}=***" if equals and _SECRET_QUERY_KEY.search(key) else pair)
+            parts = parts._replace(query="&".join(pairs))
         redacted.append(urlunsplit(parts))
     return ",".join(redacted)

@@ -12,11 +12,12 @@ from typing import Any
 
 import redis
 from celery import Task, chain, shared_task
+from celery.worker.request import Request
 
 from orders import bootstrap, names, services
 from orders.domain.errors import TransientError
-from orders.domain.model import FailureReason, Invalid, Order, Outcome, RawOrder, StepResult
-from orders.domain.settlement import failed_outcome
+from orders.domain.model import Order, Outcome, StepResult
+from orders.logs import remember_task
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +29,21 @@ class WorkerLostTooOften(Exception):
     """Not transient: the task took its worker process down every time it ran."""
 
 
+class OrderRequest(Request):  # type: ignore[misc]
+    """A task message as the worker's main process receives it: its order and trace
+    are remembered, so the main process's lines about it name them too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        remember_task(self.id, self._request_dict)
+
+
 class StepTask(Task):  # type: ignore[misc]
     """Base of every pipeline task: idempotent steps, retried on transient faults
     with exponential backoff and full jitter, capped by ``max_retries``
     (``TASK_MAX_RETRIES``, applied as a task annotation, see ``celery_app``)."""
+
+    Request = OrderRequest
 
     autoretry_for = TRANSIENT
     retry_backoff = 1
@@ -41,9 +53,12 @@ class StepTask(Task):  # type: ignore[misc]
     ignore_result = True
 
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        order_id, epoch = kwargs.get("order_id"), kwargs.get("epoch")
+        if order_id is None or epoch is None:
+            return
         p = bootstrap.pipeline()
         try:
-            starts = p.task_starts.record(task_id)
+            starts = p.state.start_task(order_id, epoch, task_id)
         except redis.RedisError:
             return  # cannot count now; the task's own Redis calls will retry it
         lost = starts - 1 - (self.request.retries or 0)
@@ -73,49 +88,34 @@ def _task(name: str) -> Any:
     return shared_task(name=name, base=StepTask, bind=False)
 
 
-@_task(names.TASK_VALIDATE)
-def validate_order(raw: dict[str, Any], *, order_id: str, epoch: int) -> dict[str, Any]:
-    verdict = services.validate_step(bootstrap.pipeline(), RawOrder.model_validate(raw), epoch)
-    return _encode_verdict(verdict)
-
-
 @_task(names.TASK_RESERVE)
-def reserve_stock(verdict: dict[str, Any], *, order_id: str, epoch: int) -> dict[str, Any]:
-    order = _decode_verdict(verdict)
-    if isinstance(order, Invalid):
-        return _invalid(order).model_dump(mode="json")
-    return services.reserve_step(bootstrap.pipeline(), order, epoch).model_dump(mode="json")
+def reserve_stock(*, order_id: str, epoch: int, order: dict[str, Any]) -> dict[str, Any]:
+    step = services.reserve_step(bootstrap.pipeline(), Order.model_validate(order), epoch)
+    return step.model_dump(mode="json")
 
 
 @_task(names.TASK_CHARGE)
-def charge_payment(verdict: dict[str, Any], *, order_id: str, epoch: int) -> dict[str, Any]:
-    order = _decode_verdict(verdict)
-    if isinstance(order, Invalid):
-        return _invalid(order).model_dump(mode="json")
-    return services.charge_step(bootstrap.pipeline(), order, epoch).model_dump(mode="json")
+def charge_payment(*, order_id: str, epoch: int, order: dict[str, Any]) -> dict[str, Any]:
+    step = services.charge_step(bootstrap.pipeline(), Order.model_validate(order), epoch)
+    return step.model_dump(mode="json")
 
 
 @shared_task(name=names.TASK_SETTLE, base=StepTask, bind=True)
 def settle_order(
-    self: Task, results: list[dict[str, Any]], *, order_id: str, epoch: int, raw: dict[str, Any]
+    self: Task, results: list[dict[str, Any]], *, order_id: str, epoch: int, order: dict[str, Any]
 ) -> None:
     """The chord callback: decide the outcome and start any compensation."""
     p = bootstrap.pipeline()
-    order = services.validate_step(p, RawOrder.model_validate(raw), epoch)
-    if isinstance(order, Invalid):
-        services.finalize_step(
-            p, epoch, failed_outcome(order_id, FailureReason.INVALID_ORDER, order.detail)
-        )
-        return
+    placed = Order.model_validate(order)
     reservation, payment = (StepResult.model_validate(r) for r in results)
-    settlement = services.settle_step(p, order, epoch, reservation, payment)
+    settlement = services.settle_step(p, placed, epoch, reservation, payment)
     if not (settlement.release_stock or settlement.refund_payment):
         return
     steps = []
     kw = {"order_id": order_id, "epoch": epoch}
     if settlement.release_stock:
         steps.append(
-            self.app.signature(names.TASK_RELEASE, kwargs={**kw, "quantities": order.quantities()})
+            self.app.signature(names.TASK_RELEASE, kwargs={**kw, "quantities": placed.quantities()})
         )
     if settlement.refund_payment:
         steps.append(self.app.signature(names.TASK_REFUND, kwargs=kw))
@@ -152,19 +152,3 @@ def refund_payment(*, order_id: str, epoch: int) -> None:
 @_task(names.TASK_FINALIZE)
 def finalize_order(*, order_id: str, epoch: int, outcome: dict[str, Any]) -> None:
     services.finalize_step(bootstrap.pipeline(), epoch, Outcome.model_validate(outcome))
-
-
-def _encode_verdict(verdict: Order | Invalid) -> dict[str, Any]:
-    if isinstance(verdict, Invalid):
-        return {"invalid": verdict.detail}
-    return {"order": verdict.model_dump(mode="json")}
-
-
-def _decode_verdict(verdict: dict[str, Any]) -> Order | Invalid:
-    if "invalid" in verdict:
-        return Invalid(detail=verdict["invalid"])
-    return Order.model_validate(verdict["order"])
-
-
-def _invalid(invalid: Invalid) -> StepResult:
-    return StepResult.failure(FailureReason.INVALID_ORDER, invalid.detail)

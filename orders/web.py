@@ -14,6 +14,8 @@ import os
 import sys
 from collections.abc import Mapping
 
+from pydantic import SecretStr
+
 from orders.settings import ConfigError, load_settings
 
 EXIT_CONFIG = 2
@@ -22,14 +24,15 @@ BASIC_AUTH_VARIABLE = "FLOWER_BASIC_AUTH"
 DEV_MODE_VARIABLE = "ORDERS_DEV_MODE"
 
 
-def basic_auth_from_env(environ: Mapping[str, str]) -> list[str] | None:
-    """The ``user:password`` entries of ``FLOWER_BASIC_AUTH``, or ``None`` if unset or empty.
+def basic_auth_entries(secret: SecretStr | None) -> list[str] | None:
+    """The ``user:password`` entries of ``FLOWER_BASIC_AUTH`` (a setting typed as a
+    secret), or ``None`` if unset or empty.
 
     Raises:
         ConfigError: an entry without a user or a password (the message names the
             entry's position, never its text).
     """
-    value = environ.get(BASIC_AUTH_VARIABLE, "").strip()
+    value = secret.get_secret_value().strip() if secret is not None else ""
     if not value:
         return None
     entries = [entry.strip() for entry in value.split(",")]
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     try:
         settings = load_settings()
-        credentials = basic_auth_from_env(os.environ)
+        credentials = basic_auth_entries(settings.flower_basic_auth)
     except ConfigError as exc:
         _fail(str(exc))
         return

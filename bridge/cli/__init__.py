@@ -14,6 +14,7 @@ import click
 import nats.errors
 import redis
 
+from bridge.bench.cli import bench
 from bridge.cli import dlq, inventory, publish, status
 from bridge.cli._common import EXIT_CONFIG, CommandError, describe
 from bridge.devrun import run_command
@@ -49,6 +50,7 @@ cli.add_command(inventory.inventory)
 cli.add_command(publish.publish)
 cli.add_command(dlq.dlq)
 cli.add_command(run_command)
+cli.add_command(bench)
 
 
 def main() -> None:

@@ -14,12 +14,13 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
 import click
-import nats
 import nats.errors
 import redis
 from nats.js import JetStreamContext
 from rich.console import Console
 
+from bridge.nats_connect import NatsRefused, connect
+from orders.adapters.redis_client import redis_refusal
 from orders.bootstrap import redis_client
 from orders.settings import ConfigError, Settings, load_settings, redact_url
 
@@ -43,6 +44,13 @@ class CommandError(click.ClickException):
     def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
         super().__init__(one_line(message))
         self.exit_code = exit_code
+
+
+class Refused(CommandError):
+    """A server that refused our credentials or certificate: a setting to fix (exit 2)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, EXIT_CONFIG)
 
 
 class Unreachable(CommandError):
@@ -80,7 +88,12 @@ def redis_session(config: Settings) -> Iterator[redis.Redis]:
     client = redis_client(config)
     try:
         yield client
-    except (redis.ConnectionError, redis.TimeoutError) as error:
+    except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as error:
+        what = redis_refusal(error)
+        if what is not None:
+            raise Refused(f"Redis {what} at {redact_url(config.redis_url)}") from None
+        if isinstance(error, redis.ResponseError):
+            raise
         raise Unreachable("Redis", config.redis_url, error) from None
     finally:
         client.close()
@@ -90,8 +103,9 @@ def redis_session(config: Settings) -> Iterator[redis.Redis]:
 async def jetstream(config: Settings) -> AsyncIterator[JetStreamContext]:
     """A JetStream context on a connection that fails fast and never reconnects.
 
-    Connection failures and timeouts inside the block become :class:`Unreachable`;
-    the connection is closed on the way out.
+    Connection failures and timeouts inside the block become :class:`Unreachable`,
+    credentials or a certificate the server refuses :class:`Refused`; the
+    connection is closed on the way out.
     """
     errors: list[BaseException] = []
 
@@ -99,18 +113,18 @@ async def jetstream(config: Settings) -> AsyncIterator[JetStreamContext]:
         # nats-py logs every failed attempt with a traceback unless told otherwise.
         errors.append(error)
 
-    servers = [server.strip() for server in config.nats_url.split(",")]
     timeout = config.nats_connect_timeout.total_seconds()
     try:
-        nc = await nats.connect(
-            servers,
+        nc = await connect(
+            config,
             name="orders-cli",
-            connect_timeout=timeout,
             allow_reconnect=False,
             max_reconnect_attempts=_NATS_CONNECT_ATTEMPTS,
             reconnect_time_wait=_NATS_RETRY_WAIT_S,
             error_cb=remember,
         )
+    except NatsRefused as error:
+        raise Refused(str(error)) from None
     except (OSError, nats.errors.Error) as error:
         raise Unreachable("NATS", config.nats_url, errors[-1] if errors else error) from None
     try:

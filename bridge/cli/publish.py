@@ -20,11 +20,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from bridge.cli import _common
 from bridge.codec import encode_order_created
 from bridge.topology import ensure_topology
-from orders import names
+from bridge.tracing import new_order_trace
+from orders import names, telemetry
 from orders.domain import money
 from orders.domain.model import RawItem, RawOrder
 from orders.settings import Settings
 
+SERVICE_NAME = "orders-cli"
 CURRENCY = "USD"
 SKUS = ("SKU-APPLE", "SKU-BREAD", "SKU-CHEESE", "SKU-DATES", "SKU-EGGS", "SKU-FLOUR")
 # Publishes awaiting their PubAck; enough to keep a local server busy.
@@ -129,6 +131,7 @@ def publish(
         )
         for n, order_id in enumerate(order_ids, start=1)
     ]
+    telemetry.setup_tracing(SERVICE_NAME)  # each order's trace starts here
     progress_console = Console(stderr=True)
     with Progress(
         "[progress.description]{task.description}",
@@ -140,14 +143,17 @@ def publish(
         disable=not progress_console.is_terminal,
     ) as progress:
         task = progress.add_task("publishing", total=count)
-        summary = _common.run(
-            _publish_all(
-                config,
-                list(zip(order_ids, payloads, strict=True)),
-                rate,
-                lambda: progress.advance(task),
+        try:
+            summary = _common.run(
+                _publish_all(
+                    config,
+                    list(zip(order_ids, payloads, strict=True)),
+                    rate,
+                    lambda: progress.advance(task),
+                )
             )
-        )
+        finally:
+            telemetry.shutdown_tracing()
     if as_json:
         _common.print_json(summary.as_json())
         return
@@ -208,9 +214,8 @@ async def _publish_all(
 
 
 async def _send(js: JetStreamContext, order_id: str, payload: bytes) -> asyncio.Future[PubAck]:
-    return await js.publish_async(
-        names.SUBJECT_CREATED,
-        payload,
-        headers={names.HDR_MSG_ID: order_id},
-        stream=names.ORDERS_STREAM,
-    )
+    headers = {names.HDR_MSG_ID: order_id}
+    with new_order_trace(names.SUBJECT_CREATED, order_id, headers):
+        return await js.publish_async(
+            names.SUBJECT_CREATED, payload, headers=headers, stream=names.ORDERS_STREAM
+        )

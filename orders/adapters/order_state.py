@@ -30,6 +30,9 @@ from orders.domain.model import FailureReason, OrderStatus, Outcome, OutcomeKind
 
 DEAD_LETTERED = "DEAD_LETTERED"
 
+# Start counts outlive any retry schedule; they are only bookkeeping.
+_TASK_STARTS_TTL_S = 24 * 3600
+
 
 class Next(StrEnum):
     """What the bridge must do with a delivered order, decided by :data:`_BEGIN`."""
@@ -92,13 +95,19 @@ return {'attach', epoch, run, '', redis.call('HGET', h, 'order') or ARGV[4]}
 """
 
 # KEYS: order   ARGV: epoch, now ms.  Progress marker; RECEIVED becomes PROCESSING.
-_TOUCH = """
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
-if redis.call('HGET', KEYS[1], 'status') == 'RECEIVED' then
-  redis.call('HSET', KEYS[1], 'status', 'PROCESSING')
+# One round trip per task start: count the start of this task id (to bound tasks
+# that kill their worker, see ``start_task``) and mark the order's progress.
+# KEYS: order, task starts   ARGV: epoch, now, starts ttl
+_START_TASK = """
+local starts = redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+if redis.call('HGET', KEYS[1], 'epoch') == ARGV[1] then
+  if redis.call('HGET', KEYS[1], 'status') == 'RECEIVED' then
+    redis.call('HSET', KEYS[1], 'status', 'PROCESSING')
+  end
+  redis.call('HSET', KEYS[1], 'updated_ms', ARGV[2])
 end
-redis.call('HSET', KEYS[1], 'updated_ms', ARGV[2])
-return 1
+return starts
 """
 
 # KEYS: order, completions   ARGV: epoch, now, maxlen, kind, status, reason, detail,
@@ -239,14 +248,26 @@ class OrderState:
     def __init__(self, client: redis.Redis) -> None:
         """``client`` must be created with ``decode_responses=True``."""
         self._redis = client
-        self._touch = client.register_script(_TOUCH)
+        self._start_task = client.register_script(_START_TASK)
         self._finalize = client.register_script(_FINALIZE)
         self._record_error = client.register_script(_RECORD_ERROR)
         self._count_payment = client.register_script(_COUNT_PAYMENT)
 
-    def touch(self, order_id: str, epoch: int) -> bool:
-        """Mark progress; ``False`` when the order has moved to another epoch."""
-        return bool(self._touch(keys=[keys.order(order_id)], args=[epoch, _now_ms()]))
+    def start_task(self, order_id: str, epoch: int, task_id: str) -> int:
+        """Count a start of ``task_id`` and mark the order's progress (unless it moved
+        to another epoch); returns the starts of ``task_id`` including this one.
+
+        Redis has no "redelivered" flag (celery#9082): a task whose process dies
+        (an out-of-memory kill) is requeued by ``task_reject_on_worker_lost`` and
+        would kill the next worker too, forever. The count lets it refuse to run
+        after a bounded number of lost attempts.
+        """
+        return int(
+            self._start_task(
+                keys=[keys.order(order_id), keys.task_starts(task_id)],
+                args=[epoch, _now_ms(), _TASK_STARTS_TTL_S],
+            )
+        )
 
     def finalize(self, epoch: int, outcome: Outcome) -> bool:
         """Record the outcome once per epoch and announce it; ``False`` if already decided."""

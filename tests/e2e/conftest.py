@@ -93,15 +93,14 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 def _process_env(nats_url: str, redis_url: str, port: int, extra: dict[str, str]) -> dict:
     # Any setting inherited from the developer's shell would change what is tested.
     setting_vars = {name.upper() for name in Settings.model_fields}
-    env = {k: v for k, v in os.environ.items() if k.upper() not in setting_vars}
-    env.update(
-        NATS_URL=nats_url,
-        REDIS_URL=redis_url,
-        PORT=str(port),
-        PYTHONUNBUFFERED="1",
-        **FAST_FAILURE_ENV,
-        **extra,
-    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k.upper() not in setting_vars and not k.upper().startswith("OTEL_")
+    }
+    env.update(NATS_URL=nats_url, REDIS_URL=redis_url, PORT=str(port), PYTHONUNBUFFERED="1")
+    env.update(FAST_FAILURE_ENV)
+    env.update(extra)  # a test's own values win
     return env
 
 

@@ -8,13 +8,6 @@ from pathlib import Path
 import pytest
 from harness import FaultStack
 
-# Work in progress (issue 3, faults 3 and 5: NATS restart, deleted consumer, a
-# three-node cluster losing its stream leader). They pass when run by name, but
-# are not yet part of `make test`: a stream-leader election still spends the
-# delivery budget on failed outcome publishes (the cluster test relies on the
-# 30 s nak cap to outlast it), and CI time is being measured first.
-collect_ignore = ["test_nats_restart.py", "test_nats_cluster.py"]
-
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[FaultStack]:

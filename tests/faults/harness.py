@@ -40,6 +40,7 @@ from types import ModuleType
 from typing import Any
 
 import nats
+from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import codec
 from bridge.devservers import NatsServer, RedisServer, free_port, wait_until
@@ -107,6 +108,7 @@ class Proc:
     log: Path
     popen: subprocess.Popen[bytes] | None = None
     spawned: int = 0
+    args: tuple[str, ...] = ()  # extra command-line arguments (a worker's --queues)
 
     @property
     def alive(self) -> bool:
@@ -197,10 +199,14 @@ class FaultStack:
         self._spawn(proc)
         return proc
 
-    def add_worker(self, env_overrides: dict[str, str] | None = None) -> Proc:
-        """Start a worker (prefork, concurrency 2) and wait until Celery says ready."""
+    def add_worker(
+        self, env_overrides: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    ) -> Proc:
+        """Start a worker (prefork, concurrency 2, every queue, unless ``args`` say
+        otherwise: Celery takes an option's last value) and wait until it is ready."""
         n = len(self.workers) + 1
         proc = Proc("worker", f"worker-{n}", free_port(), dict(env_overrides or {}), Path())
+        proc.args = args
         self.procs.append(proc)
         self._spawn(proc)
         return proc
@@ -250,7 +256,7 @@ class FaultStack:
         if proc.role == "bridge":
             command = e2e._bridge_command()
         else:
-            command = e2e._worker_command(f"{proc.name}-{uuid.uuid4().hex[:6]}")
+            command = [*e2e._worker_command(f"{proc.name}-{uuid.uuid4().hex[:6]}"), *proc.args]
         env = e2e._process_env(self.nats.url, self.redis.url, proc.port, {})
         env.update(self.extra_env)
         env.update(proc.env)
@@ -313,16 +319,59 @@ def _bridge_ready(proc: Proc) -> bool:
     return ready_status(proc) == 200
 
 
-def ready_status(bridge: Proc) -> int | None:
-    """HTTP status of the bridge's ``GET /ready``, ``None`` when it does not answer."""
+def endpoint_status(bridge: Proc, path: str) -> int | None:
+    """HTTP status of one of the bridge's endpoints, ``None`` when it does not answer."""
     try:
-        with _NO_PROXY.open(f"http://127.0.0.1:{bridge.port}/ready", timeout=3) as response:
+        with _NO_PROXY.open(f"http://127.0.0.1:{bridge.port}{path}", timeout=3) as response:
             return response.status
     except urllib.error.HTTPError as exc:
         exc.close()
         return exc.code
     except OSError:
         return None
+
+
+def ready_status(bridge: Proc) -> int | None:
+    """HTTP status of the bridge's ``GET /ready``, ``None`` when it does not answer."""
+    return endpoint_status(bridge, "/ready")
+
+
+def bridge_in_flight(bridge: Proc) -> int:
+    """Messages the bridge is processing right now (its ``orders_bridge_in_flight``
+    gauge), 0 when it does not answer."""
+    try:
+        with _NO_PROXY.open(f"http://127.0.0.1:{bridge.port}/metrics", timeout=3) as response:
+            text = response.read().decode()
+    except OSError:
+        return 0
+    for family in text_string_to_metric_families(text):
+        if family.name == "orders_bridge_in_flight":
+            return int(family.samples[0].value)
+    return 0
+
+
+def wait_bridge_in_flight(bridge: Proc, count: int, timeout: float = 20.0) -> None:
+    """Until ``bridge`` itself holds at least ``count`` messages: a fault aimed at one
+    bridge of several must catch it holding some."""
+    wait_until(
+        lambda: bridge_in_flight(bridge) >= count,
+        timeout,
+        0.01,
+        f"{bridge.name} to hold {count} messages",
+    )
+
+
+def wait_in_flight(stack: Any, count: int, timeout: float = 20.0) -> None:
+    """Until the bridges of ``stack`` hold at least ``count`` unacknowledged orders
+    between them, so that a fault hits mid-flow. On an idle machine the pipeline
+    keeps up with a moderate rate and few orders are in flight at any moment: ask
+    for more than one only where the test's rate builds a backlog."""
+    wait_until(
+        lambda: stack.pipeline.consumer_info().num_ack_pending >= count,
+        timeout,
+        0.01,
+        f"{count} orders in flight",
+    )
 
 
 def wait_ready(stack: FaultStack, timeout: float = 60.0) -> None:
@@ -340,10 +389,11 @@ def unfinished_tasks(log: Path) -> set[str]:
     received: set[str] = set()
     finished: set[str] = set()
     for line in log.read_text(errors="replace").splitlines():
-        # "[time: INFO/MainProcess] Task <name>[<id>] received", "... succeeded in ..."
+        # "<time> INFO MainProcess <logger> [order=.. trace=..]: Task <name>[<id>] received",
+        # "... succeeded in ...": the id is in the first brackets after "Task ".
         if "Task " not in line or not any(mark in line for mark in _TASK_EVENTS):
             continue
-        task_id = line.split("[", 2)[-1].split("]", 1)[0]
+        task_id = line.split("Task ", 1)[1].split("[", 1)[-1].split("]", 1)[0]
         (received if "] received" in line else finished).add(task_id)
     return received - finished
 

@@ -20,8 +20,6 @@ import contextlib
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,12 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import nats
-from harness import FaultStack, Proc, ready_status
+from harness import FaultStack, Proc, endpoint_status, ready_status
 from tcp_proxy import TcpProxy
 
 from orders import names
-
-_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class PartitionStack(FaultStack):
@@ -96,14 +92,7 @@ class PartitionStack(FaultStack):
 
 def health_status(bridge: Proc) -> int | None:
     """HTTP status of the bridge's ``GET /health``, ``None`` when it does not answer."""
-    try:
-        with _NO_PROXY.open(f"http://127.0.0.1:{bridge.port}/health", timeout=3) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        return exc.code
-    except OSError:
-        return None
+    return endpoint_status(bridge, "/health")
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,21 @@ from __future__ import annotations
 import time
 
 import pytest
-from harness import FaultStack, Workload, check_invariants, ready_status, wait_ready
+from harness import (
+    FaultStack,
+    Workload,
+    check_invariants,
+    ready_status,
+    wait_bridge_in_flight,
+    wait_ready,
+)
 
 from bridge.devservers import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ORDERS = 1500
-RATE = 40.0  # orders/s, a little above what two workers on two cores finish
+RATE = 40.0  # orders/s: a steady flow with orders always in flight
 # Gateway calls take this long, so orders stay in flight long enough to be caught there.
 SLOW_GATEWAY = {"PAYMENT_LATENCY_MS": "50"}
 
@@ -31,7 +38,7 @@ def test_one_of_two_bridges_sigkilled_the_other_carries_on(stack: FaultStack) ->
     workload.start(rate=RATE)
 
     workload.wait_published(len(workload.publications) // 3)
-    _wait_in_flight(stack, 10)
+    wait_bridge_in_flight(victim, 2)
     stack.kill(victim)
     assert ready_status(victim) is None
     assert ready_status(survivor) == 200
@@ -61,7 +68,7 @@ def test_only_bridge_sigkilled_and_restarted(stack: FaultStack) -> None:
     workload.start(rate=RATE)
 
     workload.wait_published(len(workload.publications) // 3)
-    _wait_in_flight(stack, 5)
+    wait_bridge_in_flight(bridge, 3)
     stack.kill(bridge)
     time.sleep(3)  # orders keep arriving with nobody to take them
     stack.restart(bridge)
@@ -71,13 +78,3 @@ def test_only_bridge_sigkilled_and_restarted(stack: FaultStack) -> None:
     assert report.ok, report.summary()
     assert report.redeliveries > 0, "the bridge was killed holding no message"
     wait_ready(stack)
-
-
-def _wait_in_flight(stack: FaultStack, count: int) -> None:
-    """Until the bridges hold at least ``count`` unacknowledged orders between them."""
-    wait_until(
-        lambda: stack.pipeline.consumer_info().num_ack_pending >= count,
-        20,
-        0.02,
-        f"{count} orders in flight",
-    )

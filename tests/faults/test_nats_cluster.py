@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from cluster import ClusterStack
-from harness import Workload, check_invariants, wait_ready
+from harness import Workload, check_invariants, wait_in_flight, wait_ready
 from partition import print_timings
 
 from bridge.devservers import wait_until
@@ -26,7 +26,7 @@ from orders import names
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ORDERS = 2000
-RATE = 40.0  # orders/s, above what two workers finish: a backlog builds
+RATE = 40.0  # orders/s: a steady flow with orders always in flight
 SLOW_GATEWAY = {"PAYMENT_LATENCY_MS": "50"}
 BRIDGE_ENV = {
     # A pull subscription that fetches nothing while messages wait is replaced after
@@ -36,13 +36,6 @@ BRIDGE_ENV = {
     # and the harness's 10 s would send queued workflows again whenever the two cores
     # are busier than usual, a backlog that feeds itself.
     "WORKFLOW_STALL_TIMEOUT": "60",
-    # While ORDERS elects a new leader its consumer, led elsewhere, keeps delivering
-    # but no outcome can be stored: each delivery fails and is nak'd with a delay.
-    # With the e2e suite's 1 s cap, MAX_DELIVERIES + 3 deliveries take about 5 s, less
-    # than an election under load, and an order whose outcome is decided (charged,
-    # stock taken) is dead-lettered without its outcome event. The default cap (30 s)
-    # spreads those deliveries over half a minute or more, as in production.
-    "NAK_DELAY_MAX": "30",
 }
 DOWN_S = 10.0  # the node stays dead this long while orders keep coming
 RECOVER_WITHIN_S = 60.0
@@ -68,9 +61,7 @@ def test_cluster_node_sigkilled_mid_flow(cluster: ClusterStack, victim_role: str
     workload.start(rate=RATE)
 
     workload.wait_published(len(workload.publications) // 3)
-    wait_until(
-        lambda: cluster.pipeline.consumer_info().num_ack_pending >= 10, 20, 0.05, "in flight"
-    )
+    wait_in_flight(cluster, 1)
     leader = cluster.nats.stream_leader(names.ORDERS_STREAM)
     consumer_leader = cluster.nats.consumer_leader(names.ORDERS_STREAM, names.DURABLE_CONSUMER)
     if victim_role == "stream-leader":

@@ -22,7 +22,15 @@ import urllib.request
 from typing import Any
 
 import pytest
-from harness import FaultStack, Proc, Workload, check_invariants, ready_status, wait_ready
+from harness import (
+    FaultStack,
+    Proc,
+    Workload,
+    check_invariants,
+    ready_status,
+    wait_in_flight,
+    wait_ready,
+)
 from nats.js.errors import NotFoundError
 from partition import Probe, fmt, healthy, not_ready, print_timings, ready
 
@@ -32,7 +40,7 @@ from orders import names
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ORDERS = 2000
-RATE = 45.0  # orders/s, a little above what two workers on two cores finish
+RATE = 45.0  # orders/s: a steady flow with orders always in flight
 SLOW_GATEWAY = {"PAYMENT_LATENCY_MS": "50"}  # orders stay in flight long enough to be caught
 BRIDGE_ENV = {
     # A pull subscription that fetches nothing while messages wait is replaced after
@@ -64,7 +72,7 @@ def test_nats_restarted_mid_flow(stack: FaultStack, signal_name: str) -> None:
 
     with Probe(stack) as probe:
         workload.wait_published(len(workload.publications) // 3)
-        _wait_in_flight(stack, 10)
+        wait_in_flight(stack, 1)
         down_at, down_wall = time.monotonic(), time.time()
         if signal_name == "SIGKILL":
             stack.nats.kill()
@@ -134,7 +142,7 @@ def test_deleted_consumer_is_recreated_and_the_replay_is_idempotent(stack: Fault
     workload.start(rate=RATE)
 
     workload.wait_published(len(workload.publications) // 3)
-    _wait_in_flight(stack, 10)
+    wait_in_flight(stack, 1)
     old = stack.pipeline.consumer_info()
     outcomes_before = _outcomes_stored(stack)
     deleted_at = time.monotonic()
@@ -204,16 +212,6 @@ def test_deleted_consumer_is_recreated_and_the_replay_is_idempotent(stack: Fault
 
 # ---------------------------------------------------------------------------------
 # Helpers
-
-
-def _wait_in_flight(stack: FaultStack, count: int) -> None:
-    """Until the bridges hold at least ``count`` unacknowledged orders between them."""
-    wait_until(
-        lambda: stack.pipeline.consumer_info().num_ack_pending >= count,
-        20,
-        0.02,
-        f"{count} orders in flight",
-    )
 
 
 def _outcomes_stored(stack: FaultStack) -> int:

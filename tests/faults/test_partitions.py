@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Workload, check_invariants, wait_ready
+from harness import Workload, check_invariants, wait_in_flight, wait_ready
 from partition import (
     PartitionStack,
     Probe,
@@ -42,7 +42,7 @@ from bridge.devservers import wait_until
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ORDERS = 1500
-RATE = 40.0  # orders/s: above what two workers on two cores finish, so a backlog builds
+RATE = 40.0  # orders/s: a steady flow with orders always in flight
 LONG_S = 25.0  # past 5 s x 3 pings (+ one interval) and a 5 s request timeout
 SHORT_S = 10.0  # before the NATS client's stale detection: only the resets end it
 # The NATS client gives up on a connection after 3 unanswered pings sent every 5 s:
@@ -84,14 +84,7 @@ def test_partition_then_recovery(
 
     with Probe(pstack) as probe:
         workload.wait_published(len(workload.publications) // 3)
-        wait_until(
-            # On an idle machine the pipeline keeps up and few orders are in flight at
-            # any moment: one is enough to show the fault hits mid-flow.
-            lambda: pstack.pipeline.consumer_info().num_ack_pending >= 1,
-            20,
-            0.01,
-            "orders in flight",
-        )
+        wait_in_flight(pstack, 1)
         in_flight = pstack.pipeline.consumer_info().num_ack_pending
         connections = proxy.connections
         cut_at, cut_wall = time.monotonic(), time.time()

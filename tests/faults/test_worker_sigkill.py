@@ -20,7 +20,7 @@ from bridge.devservers import wait_until
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ORDERS = 1500
-RATE = 40.0  # orders/s, a little above what two workers on two cores finish
+RATE = 40.0  # orders/s: a steady flow with orders always in flight
 # A gateway call takes this long, so a worker is caught inside a task, not between.
 SLOW_GATEWAY = {"PAYMENT_LATENCY_MS": "50"}
 SLOWER_GATEWAY = {"PAYMENT_LATENCY_MS": "300"}

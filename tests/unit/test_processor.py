@@ -20,13 +20,18 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, cast
 
 import nats.errors
 import pytest
 from celery.canvas import Signature
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 
 from bridge import codec
 from bridge.metrics import BridgeMetrics
@@ -37,13 +42,18 @@ from orders.adapters.order_state import DEAD_LETTERED, Begin, Next, OrderView, _
 from orders.bootstrap import limits
 from orders.celery_app import create_app
 from orders.domain.model import FailureReason, Outcome, OutcomeKind, RawItem, RawOrder
-from orders.settings import load_settings
+from orders.settings import Settings, load_settings
+from orders.telemetry import ORDER_ID as ORDER_ID_ATTRIBUTE
+from orders.telemetry import OrderIdSpanProcessor
 
 pytestmark = pytest.mark.unit
 
 MAX_DELIVERIES = 3
 SETTINGS = load_settings(
-    max_deliveries=MAX_DELIVERIES, workflow_stall_timeout=timedelta(seconds=0.2)
+    max_deliveries=MAX_DELIVERIES,
+    workflow_stall_timeout=timedelta(seconds=0.2),
+    # A refused publish fails the delivery at once, unless a test widens the window.
+    publish_retry_window=timedelta(seconds=0.001),
 )
 ORDER_ID = "order-1"
 SEQ = 42  # the input message's stream sequence
@@ -60,7 +70,9 @@ class FakeMsg:
         self.subject = names.SUBJECT_CREATED
         self.headers = {names.HDR_MSG_ID: ORDER_ID, names.HDR_TRACEPARENT: "00-abc-def-01"}
         self.metadata = SimpleNamespace(
-            num_delivered=delivered, sequence=SimpleNamespace(stream=SEQ, consumer=7)
+            num_delivered=delivered,
+            sequence=SimpleNamespace(stream=SEQ, consumer=7),
+            timestamp=datetime.now(UTC),
         )
         self.calls: list[tuple[str, float | None]] = []
         self._events = events
@@ -101,11 +113,13 @@ class Published:
 
 class FakeJetStream:
     """``publish`` stores and acks (``duplicate`` by ``Nats-Msg-Id``), or times out
-    for the subjects in ``failing``."""
+    for the subjects in ``failing`` and for the next ``refusals[subject]`` publishes
+    to a subject (as while a stream elects its leader)."""
 
     def __init__(self, events: list[str]) -> None:
         self.published: list[Published] = []
         self.failing: set[str] = set()
+        self.refusals: dict[str, int] = {}
         self._events = events
 
     async def publish(
@@ -116,7 +130,8 @@ class FakeJetStream:
         stream: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> Any:
-        if subject in self.failing:
+        if subject in self.failing or self.refusals.get(subject, 0) > 0:
+            self.refusals[subject] = self.refusals.get(subject, 0) - 1
             self._events.append(f"publish {subject} (failed)")
             raise nats.errors.TimeoutError
         headers = dict(headers or {})
@@ -286,7 +301,8 @@ class FakeDispatcher:
 
     async def send(self, canvas: Signature) -> None:
         first = canvas.tasks[0]
-        if first.task == names.TASK_VALIDATE:
+        if first.task == names.TASK_RESERVE:
+            assert canvas.body.task == names.TASK_SETTLE  # chord([reserve, charge], settle)
             _order_id, epoch, run, _step = first.id.rsplit(":", 3)
             sent = Sent("workflow", int(epoch), int(run))
         else:
@@ -307,6 +323,7 @@ class FakeDispatcher:
 @dataclass
 class World:
     events: list[str] = field(default_factory=list)
+    settings: Settings = SETTINGS
 
     def __post_init__(self) -> None:
         self.js = FakeJetStream(self.events)
@@ -320,9 +337,9 @@ class World:
                 state=cast(Any, self.state),
                 watcher=cast(Any, self.watcher),
                 dispatcher=cast(Any, self.dispatcher),
-                celery=create_app(SETTINGS),
-                settings=SETTINGS,
-                limits=limits(SETTINGS),
+                celery=create_app(self.settings),
+                settings=self.settings,
+                limits=limits(self.settings),
                 metrics=self.metrics,
             )
         )
@@ -393,7 +410,9 @@ def the_outcome(w: World, kind: OutcomeKind) -> dict[str, str | float]:
     subject = names.SUBJECT_COMPLETED if kind is OutcomeKind.COMPLETED else names.SUBJECT_FAILED
     [event] = [p for p in w.js.published if p.subject == subject]
     assert event.stream == names.ORDERS_STREAM
-    assert event.headers == {names.HDR_MSG_ID: names.outcome_msg_id(ORDER_ID, kind)}
+    assert event.headers[names.HDR_MSG_ID] == names.outcome_msg_id(ORDER_ID, kind)
+    # W3C context: the outcome continues the order's trace.
+    assert set(event.headers) <= {names.HDR_MSG_ID, "traceparent", "baggage"}
     return codec.decode_outcome(kind, event.payload)
 
 
@@ -516,6 +535,34 @@ def test_outcome_that_jetstream_does_not_store_is_nakd_then_published_on_redeliv
     assert msg.disposition() == "ack"
     assert w.events == [f"publish {names.SUBJECT_COMPLETED}", "mark_published", "ack"]
     assert len(w.dispatcher.sent) == 1  # the decided outcome, not a second workflow
+
+
+def test_outcome_refused_for_a_while_is_retried_in_place_without_spending_a_delivery() -> None:
+    """A stream electing its leader refuses publishes for seconds: retried within
+    ``PUBLISH_RETRY_WINDOW``, not nak'd (each nak spends a delivery)."""
+    w = World(settings=SETTINGS.model_copy(update={"publish_retry_window": timedelta(seconds=5)}))
+    w.workers_complete()
+    w.js.refusals[names.SUBJECT_COMPLETED] = 2
+    msg = w.deliver(order_bytes())
+
+    assert msg.disposition() == "ack"
+    assert w.events == [
+        "send workflow",
+        f"publish {names.SUBJECT_COMPLETED} (failed)",
+        f"publish {names.SUBJECT_COMPLETED} (failed)",
+        f"publish {names.SUBJECT_COMPLETED}",
+        "mark_published",
+        "ack",
+    ]
+
+
+def test_dead_letter_refused_for_a_while_is_retried_in_place() -> None:
+    w = World(settings=SETTINGS.model_copy(update={"publish_retry_window": timedelta(seconds=5)}))
+    w.js.refusals[names.SUBJECT_DLQ_CREATED] = 1
+    msg = w.deliver(b"\xff\xff\xff")
+
+    assert msg.disposition() == "term"
+    the_dead_letter(w, deliveries=1)
 
 
 # --- transient failures: nak, then give up -----------------------------------------
@@ -694,3 +741,90 @@ def test_a_later_message_with_other_content_follows_the_order_as_first_stored() 
     assert msg.disposition() == "ack"
     the_outcome(w, OutcomeKind.COMPLETED)
     assert [p.subject for p in w.js.published] == [names.SUBJECT_COMPLETED]
+
+
+# --- tracing -----------------------------------------------------------------------
+
+SPANS = InMemorySpanExporter()
+
+
+@pytest.fixture
+def spans() -> InMemorySpanExporter:
+    """This process's tracer provider also records into :data:`SPANS`. OpenTelemetry
+    allows one global provider per process, and another test may have installed it
+    already (the CLI's ``orders publish`` does, run in-process): add to that one."""
+    global _recording
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        provider.add_span_processor(OrderIdSpanProcessor())
+        trace.set_tracer_provider(provider)
+    if not _recording:
+        provider.add_span_processor(SimpleSpanProcessor(SPANS))
+        _recording = True
+    SPANS.clear()
+    return SPANS
+
+
+_recording = False
+
+
+def produced(data: bytes) -> tuple[dict[str, str], int]:
+    """Headers of a message published under a producer's span, and that span's id."""
+    headers = {names.HDR_MSG_ID: ORDER_ID}
+    with trace.get_tracer("producer").start_as_current_span("publish ORDER.created") as span:
+        propagate.inject(headers)
+    return headers, span.get_span_context().span_id
+
+
+def test_a_delivery_continues_the_producers_trace_to_its_outcome(
+    spans: InMemorySpanExporter,
+) -> None:
+    w = World()
+    w.workers_complete()
+    msg = FakeMsg(order_bytes(), w.events)
+    msg.headers, producer_span_id = produced(msg.data)
+    asyncio.run(w.processor.handle(cast(Any, msg)))
+
+    by_name = {s.name: s for s in spans.get_finished_spans()}
+    process, publish = by_name["process ORDER.created"], by_name["publish ORDER.completed"]
+    assert process.kind is SpanKind.CONSUMER and publish.kind is SpanKind.PRODUCER
+    assert _parent(process) == producer_span_id
+    assert _parent(publish) == process.context.span_id
+    assert process.context.trace_id == publish.context.trace_id
+    assert process.attributes is not None and publish.attributes is not None
+    assert process.attributes["messaging.system"] == "nats"
+    assert process.attributes["messaging.destination.name"] == names.SUBJECT_CREATED
+    assert process.attributes["messaging.message.id"] == ORDER_ID
+    assert process.attributes["orders.disposition"] == "ack"
+    assert process.attributes[ORDER_ID_ATTRIBUTE] == ORDER_ID
+    assert publish.attributes[ORDER_ID_ATTRIBUTE] == ORDER_ID
+    # The outcome event hands the trace on to whoever consumes it.
+    [outcome] = [p for p in w.js.published if p.subject == names.SUBJECT_COMPLETED]
+    assert f"{publish.context.span_id:016x}" in outcome.headers["traceparent"]
+
+
+def test_a_nakd_delivery_is_an_error_span_with_the_reason(spans: InMemorySpanExporter) -> None:
+    w = World()
+    w.workers_fail("payments: gateway timed out")
+    w.deliver(order_bytes())
+
+    [process] = [s for s in spans.get_finished_spans() if s.name.startswith("process")]
+    assert process.attributes is not None
+    assert process.attributes["orders.disposition"] == "nak"
+    assert process.status.status_code is StatusCode.ERROR
+    assert "gateway timed out" in (process.status.description or "")
+
+
+def test_poison_has_a_term_span_and_keeps_its_traceparent(spans: InMemorySpanExporter) -> None:
+    w = World()
+    msg = w.deliver(b"\xff\xff\xff")
+
+    assert msg.disposition() == "term"
+    names_ = [s.name for s in spans.get_finished_spans()]
+    assert names_ == [f"publish {names.SUBJECT_DLQ_CREATED}", f"process {names.SUBJECT_CREATED}"]
+    the_dead_letter(w, deliveries=1)  # asserts the original traceparent is kept
+
+
+def _parent(span: ReadableSpan) -> int | None:
+    return span.parent.span_id if span.parent is not None else None

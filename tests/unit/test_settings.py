@@ -57,19 +57,35 @@ def test_secrets_are_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("command", ["orders-bridge", "orders-worker"])
-def test_processes_stop_with_one_line(command: str) -> None:
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PAYMENT_LATENCY_MS", "soon"),
+        ("LOG_FORMAT", "xml"),
+        ("OTEL_TRACES_EXPORTER", "zipkin"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+    ],
+)
+def test_processes_stop_with_one_line(command: str, variable: str, value: str) -> None:
     script = {
         "orders-bridge": "from bridge.main import main; main()",
         "orders-worker": "from orders.worker import main; main()",
     }[command]
     result = subprocess.run(
         [sys.executable, "-c", script],
-        env={"PAYMENT_LATENCY_MS": "soon", "PATH": "/usr/bin:/bin"},
+        # Servers nobody listens on: a setting wrongly accepted must not reach the
+        # machine's own NATS or Redis.
+        env={
+            variable: value,
+            "NATS_URL": "nats://127.0.0.1:9",
+            "REDIS_URL": "redis://127.0.0.1:9/0",
+            "PATH": "/usr/bin:/bin",
+        },
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
-    assert lines == [f"{command}: invalid setting PAYMENT_LATENCY_MS: {lines[0].split(': ', 2)[2]}"]
+    assert lines == [f"{command}: invalid setting {variable}: {lines[0].split(': ', 2)[2]}"]
     assert "Traceback" not in result.stderr

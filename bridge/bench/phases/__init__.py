@@ -1,0 +1,1 @@
+"""One module per measurement; each returns a plain dict for the JSON document."""

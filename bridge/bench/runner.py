@@ -1,0 +1,291 @@
+"""The benchmark's phases in order, on one set of servers, with progress.
+
+Each pipeline phase starts fresh processes (so a process's peak memory is that
+phase's), warms them up with a few orders that are not timed, measures, and
+stops them. Every phase has its own order ids; the servers are shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Coroutine
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from nats.js import JetStreamContext
+
+from bridge.bench import load, profile
+from bridge.bench.phases import jetstream, naive_chord, pipeline, resources
+from bridge.bench.stack import BENCH_ENV, BenchStack
+from orders.settings import Settings
+
+PHASES = ("jetstream", "naive", "pipeline", "latency", "scaling", "resources")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How big each phase is."""
+
+    orders: int = 2000  # the naive burst, the pipeline burst and each scaling point
+    js_messages: int = 20_000
+    latency_seconds: float = 20.0
+    latency_fraction: float = 0.7  # of the pipeline's peak, unless latency_rate is set
+    latency_rate: float | None = None
+    burst: int = 10_000  # orders in flight for the resources phase
+    warmup: int = 50  # untimed orders through fresh processes
+    concurrency: int = 2  # prefork children of the worker, as Celery's default here
+    scaling: tuple[int, ...] = (1, 2, 4)
+    bridges: int = 2  # the second scaling axis
+    sample_interval_s: float = 1.0
+    skip: frozenset[str] = field(default_factory=frozenset)
+    profile_dir: Path | None = None
+
+    @classmethod
+    def quick(cls) -> Plan:
+        """Tiny sizes: every phase runs, in well under a minute."""
+        return cls(
+            orders=40,
+            js_messages=2000,
+            latency_seconds=3.0,
+            burst=150,
+            warmup=5,
+            sample_interval_s=0.25,
+        )
+
+    def sized(self, **changes: Any) -> Plan:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def parameters(self) -> dict[str, object]:
+        values = asdict(self)
+        values["skip"] = sorted(self.skip)
+        values["profile_dir"] = str(self.profile_dir) if self.profile_dir else None
+        values["scaling"] = list(self.scaling)
+        values["scaling_mode"] = (
+            "one orders-worker with prefork concurrency C (C pool processes), one bridge; "
+            f"then {self.bridges} bridges with concurrency {self.concurrency}"
+        )
+        values["bridge_fetch_batch"] = _default("bridge_fetch_batch")
+        values["bridge_max_in_flight"] = _default("bridge_max_in_flight")
+        values["pipeline_worker"] = f"orders-worker --pool prefork --concurrency {self.concurrency}"
+        values["naive_worker"] = f"celery worker --pool prefork --concurrency {self.concurrency}"
+        values["process_env"] = dict(BENCH_ENV)
+        values["tracing"] = "OTEL_* unset: spans recorded, not exported"
+        return values
+
+
+class Display(Protocol):
+    """Where the runner reports progress: one bar per phase and a line per result."""
+
+    def phase(self, description: str, total: int) -> AbstractContextManager[load.Progress]: ...
+
+    def note(self, text: str) -> None: ...
+
+
+class Runner:
+    def __init__(self, plan: Plan, log_dir: Path, display: Display) -> None:
+        self.plan = plan
+        self.log_dir = log_dir
+        self.display = display
+        self.results: dict[str, Any] = {}
+        self._run_id = uuid.uuid4().hex[:6]
+        self._batches = 0
+        self._stack: BenchStack | None = None
+
+    def run(self) -> dict[str, Any]:
+        with BenchStack(self.log_dir) as stack:
+            self._stack = stack
+            if self._wanted("jetstream"):
+                self._jetstream()
+            if self._wanted("naive"):
+                self._naive()
+            if self._wanted("pipeline") or self._wanted("latency"):
+                self._with_pipeline(self.plan.concurrency, 1, self._pipeline)
+            if self._wanted("scaling"):
+                self._scaling()
+            if self._wanted("resources"):
+                self._with_pipeline(self.plan.concurrency, 1, self._resources)
+        return self.results
+
+    # --- phases -----------------------------------------------------------------------
+
+    def _jetstream(self) -> None:
+        batch = self._batch("js", self.plan.js_messages)
+        with self.display.phase("JetStream ceiling: consume + ack", len(batch)) as progress:
+            result = asyncio.run(
+                jetstream.run(self.stack.nats.url, batch, _default("bridge_fetch_batch"), progress)
+            )
+        self.results["jetstream"] = result
+        self.display.note(f"JetStream ceiling: {result['msgs_per_s']:,} msgs/s")
+
+    def _naive(self) -> None:
+        batch = self._batch("naive", self.plan.orders)
+        self.stack.start_naive_worker(self.plan.concurrency)
+        try:
+            with self.display.phase("naive Celery chord", len(batch)) as progress:
+                cpu_before = self.stack.cpu_s()
+                result = naive_chord.run(
+                    self.stack.naive_redis_url, batch, self.plan.warmup, progress
+                )
+                cpu_after = self.stack.cpu_s()
+        finally:
+            self.stack.stop_all()
+        # Warm-up included: the client cannot tell the two apart in its CPU time.
+        result["cpu_s_per_order"] = pipeline.per_order(
+            cpu_before, cpu_after, len(batch) + self.plan.warmup
+        )
+        result["worker"] = f"celery prefork, concurrency {self.plan.concurrency}"
+        self.results["naive"] = result
+        self.display.note(f"naive chord: {result['orders_per_s']:,} orders/s")
+
+    async def _pipeline(self, js: JetStreamContext) -> None:
+        if self._wanted("pipeline"):
+            self.results["pipeline"] = await self._throughput(
+                js, "pipeline", f"pipeline ({self._shape(self.plan.concurrency, 1)})", profiled=True
+            )
+            self.display.note(f"pipeline: {self.results['pipeline']['orders_per_s']:,} orders/s")
+        if self._wanted("latency"):
+            await self._latency(js)
+
+    async def _latency(self, js: JetStreamContext) -> None:
+        rate = self.plan.latency_rate
+        if rate is None:
+            peak = self.results.get("pipeline", {}).get("orders_per_s")
+            if not peak:
+                self.display.note("latency skipped: no peak measured and no --latency-rate")
+                return
+            rate = self.plan.latency_fraction * peak
+        count = max(2, round(rate * self.plan.latency_seconds))
+        batch = self._batch("latency", count)
+        with self.display.phase(f"latency at {rate:.0f} orders/s", count) as progress:
+            result = await pipeline.latency(
+                js, self.stack, batch, rate, progress, self._timeout(count)
+            )
+        self.results["latency"] = result
+        self.display.note(
+            f"latency at {result['offered_rate']} orders/s: p50 {result['p50']} ms, "
+            f"p95 {result['p95']} ms, p99 {result['p99']} ms"
+        )
+
+    def _scaling(self) -> None:
+        shapes = [(c, 1) for c in self.plan.scaling] + [(self.plan.concurrency, self.plan.bridges)]
+        points = []
+        for concurrency, bridges in shapes:
+            main = self.results.get("pipeline")
+            if (concurrency, bridges) == (self.plan.concurrency, 1) and main is not None:
+                point = main  # the same shape as the pipeline phase: not measured twice
+            else:
+                point = self._scale_point(concurrency, bridges)
+            points.append(
+                {
+                    "worker_concurrency": concurrency,
+                    "bridges": bridges,
+                    "orders_per_s": point["orders_per_s"],
+                    "orders": point["orders"],
+                    "cpu_s_per_order": point["cpu_s_per_order"],
+                }
+            )
+            shape = self._shape(concurrency, bridges)
+            self.display.note(f"{shape}: {point['orders_per_s']:,} orders/s")
+        self.results["scaling"] = points
+
+    def _scale_point(self, concurrency: int, bridges: int) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+
+        async def measure(js: JetStreamContext) -> None:
+            tag, shape = f"scale-{concurrency}-{bridges}", self._shape(concurrency, bridges)
+            found.update(await self._throughput(js, tag, shape))
+
+        self._with_pipeline(concurrency, bridges, measure)
+        return found
+
+    async def _resources(self, js: JetStreamContext) -> None:
+        batch = self._batch("burst", self.plan.burst)
+        with self.display.phase(f"{len(batch):,} orders in flight", len(batch)) as progress:
+            result = await resources.run(
+                js,
+                self.stack,
+                batch,
+                self.plan.sample_interval_s,
+                progress,
+                self._timeout(len(batch)),
+            )
+        self.results["resources"] = result
+        self.display.note(
+            f"{len(batch):,} in flight: bridge peak RSS {result['bridge_peak_rss_mb']} MB, "
+            f"worker peak RSS {result['worker_peak_rss_mb']} MB"
+        )
+
+    # --- helpers ----------------------------------------------------------------------
+
+    async def _throughput(
+        self, js: JetStreamContext, tag: str, description: str, *, profiled: bool = False
+    ) -> dict[str, Any]:
+        batch = self._batch(tag, self.plan.orders)
+        recorder: AbstractContextManager[Any] = nullcontext()
+        if profiled and self.plan.profile_dir is not None:
+            recorder = profile.recording(
+                self.plan.profile_dir,
+                {"bridge": self.stack.bridges[0].pid, "worker": self.stack.workers[0].pid},
+            )
+        with self.display.phase(description, len(batch)) as progress, recorder as folded:
+            result = await pipeline.throughput(
+                js, self.stack, batch, progress, self._timeout(len(batch))
+            )
+        if folded:
+            result["profiled"] = True
+            result["profile"] = {name: profile.top_functions(path) for name, path in folded.items()}
+        return result
+
+    def _with_pipeline(
+        self,
+        concurrency: int,
+        bridges: int,
+        work: Callable[[JetStreamContext], Coroutine[Any, Any, None]],
+    ) -> None:
+        """Fresh processes of the given shape, warmed up, then ``work``; stopped after."""
+        self.stack.start_pipeline(concurrency=concurrency, bridges=bridges)
+        try:
+            asyncio.run(self._warm_then(work))
+        finally:
+            self.stack.stop_all()
+
+    async def _warm_then(
+        self, work: Callable[[JetStreamContext], Coroutine[Any, Any, None]]
+    ) -> None:
+        async with load.jetstream(self.stack.nats.url) as js:
+            warm = self._batch("warmup", self.plan.warmup)
+            await pipeline.throughput(
+                js, self.stack, warm, lambda _: None, self._timeout(len(warm))
+            )
+            await work(js)
+
+    @property
+    def stack(self) -> BenchStack:
+        assert self._stack is not None, "the servers are not running"
+        return self._stack
+
+    def _batch(self, tag: str, count: int) -> load.Batch:
+        self._batches += 1
+        return load.make_batch(
+            f"bench-{self._run_id}-{tag}-{self._batches}", count, seed=self._batches
+        )
+
+    def _wanted(self, phase: str) -> bool:
+        return phase not in self.plan.skip
+
+    @staticmethod
+    def _shape(concurrency: int, bridges: int) -> str:
+        return f"1 worker x {concurrency} processes, {bridges} bridge{'s' if bridges > 1 else ''}"
+
+    @staticmethod
+    def _timeout(orders: int) -> float:
+        # Generous: a machine ten times slower than this one still finishes.
+        return 120.0 + orders / 2.0
+
+
+def _default(setting: str) -> Any:
+    """A pipeline setting's default: what the benchmark's processes run with."""
+    return Settings.model_fields[setting].default

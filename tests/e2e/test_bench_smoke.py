@@ -1,0 +1,78 @@
+"""``orders bench --quick`` as a developer runs it: every phase at tiny sizes, with
+servers and processes of its own, ending in a JSON document of positive figures.
+
+No figure is compared with a target here: on a shared two-core machine a time
+says little. What is checked is that every phase ran and measured something, so
+``make bench`` cannot rot between the runs that are read.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e]
+
+RUN_TIMEOUT_S = 240.0
+_ORDERS = Path(sys.executable).parent / "orders"
+
+
+def _bench_command(*args: str) -> list[str]:
+    if _ORDERS.is_file():
+        return [str(_ORDERS), "bench", *args]
+    return [sys.executable, "-c", "from bridge.cli import main; main()", "bench", *args]
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    args = ["--quick", "--json", str(out), "--log-dir", str(tmp_path / "logs")]
+    plot = tmp_path / "bench.png"
+    can_plot = importlib.util.find_spec("matplotlib") is not None
+    if can_plot:
+        args += ["--plot", str(plot)]
+    # NATS_URL / REDIS_URL of the developer's shell must not matter: the benchmark
+    # starts its own servers.
+    env = {**os.environ, "NATS_URL": "nats://127.0.0.1:1", "REDIS_URL": "redis://127.0.0.1:1/0"}
+    run = subprocess.run(
+        _bench_command(*args),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+    )
+    assert run.returncode == 0, f"exit {run.returncode}\n{run.stdout}\n{run.stderr}"
+
+    doc = json.loads(out.read_text())
+    for key in (
+        "pipeline_orders_per_s",
+        "naive_chord_orders_per_s",
+        "ratio_vs_naive",
+        "jetstream_msgs_per_s",
+        "bridge_peak_rss_mb",
+    ):
+        assert _positive(doc[key]), (key, doc[key])
+    for key in ("p50", "p95", "p99", "offered_rate"):
+        assert _positive(doc["latency_ms"][key]), (key, doc["latency_ms"])
+    shapes = {(p["worker_concurrency"], p["bridges"]) for p in doc["scaling"]}
+    assert shapes == {(1, 1), (2, 1), (4, 1), (2, 2)}
+    assert all(_positive(p["orders_per_s"]) for p in doc["scaling"]), doc["scaling"]
+    assert all(_positive(rss) for rss in doc["worker_peak_rss_mb"])
+    assert _positive(doc["cpu_s_per_order"]["workers"])
+    assert doc["machine"]["cpu_count"] == os.cpu_count()
+    assert doc["machine"]["cpu_model"] and doc["machine"]["python"] and doc["machine"]["date"]
+    assert doc["parameters"]["orders"] > 0 and doc["parameters"]["burst"] > 0
+    assert "pipeline at saturation" in run.stdout  # the table
+    if can_plot:
+        assert plot.stat().st_size > 10_000

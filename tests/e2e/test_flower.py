@@ -1,0 +1,367 @@
+"""Flower as an operator meets it: the real ``orders-web`` console script against
+the pipeline's Redis and a real worker, reached through its HTTP API with the
+basic-auth credentials the process was started with.
+
+Flower only knows what workers report while it listens (task events are not
+stored anywhere else), and workers send task events only once Flower turns them
+on, so it is started, and seen doing so, before any order is published. The same
+running stack also checks that every metric the Grafana dashboard queries is
+exported by the bridge or by Flower, so a renamed metric cannot leave a panel
+silently empty.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bridge import codec
+from bridge.devservers import LOOPBACK, free_port
+from orders import names
+from orders.domain.model import OutcomeKind, RawItem, RawOrder
+from orders.web import BASIC_AUTH_VARIABLE, DEV_MODE_VARIABLE, EXIT_CONFIG
+
+if TYPE_CHECKING:  # the fixture's type; conftest modules are not imported by name
+    from conftest import Pipeline
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "orders-pipeline.json"
+ORDERS_WEB = Path(sys.executable).parent / "orders-web"
+
+FLOWER_USER = "operator"
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 20.0
+# Task events travel worker -> Redis -> Flower after the outcome is already stored.
+EVENTS_TIMEOUT_S = 30.0
+REFUSAL_TIMEOUT_S = 60.0
+
+# The pipeline's steps, and what each outcome adds after the chord callback.
+WORKFLOW_STEPS = {names.TASK_RESERVE, names.TASK_CHARGE, names.TASK_SETTLE}
+# A declined order had its stock reserved and no charge made: release, then finalize.
+DECLINE_COMPENSATION = {names.TASK_RELEASE, names.TASK_FINALIZE}
+# Metric names in the dashboard's PromQL: the project's and Flower's prefixes.
+DASHBOARD_METRIC = re.compile(r"\b(?:orders_bridge|flower)_[a-zA-Z0-9_]+\b")
+
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@pytest.fixture(scope="module")
+def e2e(request: pytest.FixtureRequest) -> ModuleType:
+    """``tests/e2e/conftest.py`` as pytest loaded it, for its process helpers."""
+    path = Path(__file__).with_name("conftest.py")
+    module = request.config.pluginmanager.get_plugin(str(path))
+    assert module is not None, f"{path} is not loaded as a conftest"
+    return module
+
+
+# --- Flower, the process --------------------------------------------------------------
+
+
+@dataclass
+class Flower:
+    url: str
+    auth: tuple[str, str]
+    log: Path
+
+    def get(self, path: str, auth: tuple[str, str] | None = None) -> tuple[int, bytes]:
+        """Status and body of ``GET path``; ``auth`` as given (``None``: no header)."""
+        headers = {}
+        if auth is not None:
+            token = base64.b64encode(":".join(auth).encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+        request = urllib.request.Request(self.url + path, headers=headers)
+        try:
+            with _NO_PROXY.open(request, timeout=10) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            with error:
+                return error.code, error.read()
+
+    def api(self, path: str) -> Any:
+        status, body = self.get(path, self.auth)
+        assert status == 200, f"GET {path}: {status} {body[:300]!r}"
+        return json.loads(body)
+
+
+def _flower_env(
+    e2e: ModuleType, nats_url: str, redis_url: str, port: int, extra: dict[str, str]
+) -> dict[str, str]:
+    env = e2e._process_env(nats_url, redis_url, port, extra)
+    # The developer's shell must not open Flower up or set its credentials.
+    for variable in (BASIC_AUTH_VARIABLE, DEV_MODE_VARIABLE):
+        if variable not in extra:
+            env.pop(variable, None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def flower(e2e: ModuleType, pipeline: Pipeline) -> Iterator[Flower]:
+    """``orders-web`` on a free loopback port, listening to the pipeline's worker."""
+    port = free_port()
+    auth = (FLOWER_USER, secrets.token_urlsafe(12))
+    log = pipeline.stack.log_dir / "flower.log"
+    credentials = {BASIC_AUTH_VARIABLE: ":".join(auth)}
+    env = _flower_env(e2e, pipeline.nats_url, pipeline.redis_url, port, credentials)
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            # Extra arguments go to Flower: loopback only, as everything a test starts.
+            [str(ORDERS_WEB), f"--address={LOOPBACK}"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    running = Flower(f"http://{LOOPBACK}:{port}", auth, log)
+    try:
+
+        def serving() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"orders-web exited with {process.returncode}\n{e2e.log_tail(log)}"
+                )
+            try:
+                return running.get("/healthcheck")[0] == 200
+            except OSError:
+                return False
+
+        e2e.wait_for(serving, START_TIMEOUT_S, "Flower's /healthcheck to answer 200", 0.2)
+        # Workers send task events only once Flower turns them on (Celery's
+        # enable_events, which Flower broadcasts every few seconds): wait for the
+        # worker to say so, and for Flower to see it alive, so that no task of the
+        # orders published next goes unseen.
+        worker_log = pipeline.stack.worker_log()
+        e2e.wait_for(
+            lambda: "Events of group {task} enabled by remote" in worker_log.read_text(),
+            START_TIMEOUT_S,
+            "Flower to turn on the worker's task events",
+            0.2,
+        )
+        e2e.wait_for(
+            lambda: any(running.api("/api/workers?status=1").values()),
+            START_TIMEOUT_S,
+            "Flower to receive a worker's heartbeat",
+            0.5,
+        )
+        yield running
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    code = process.returncode
+    assert code == 0, f"orders-web exited with {code} after SIGTERM\n{e2e.log_tail(log)}"
+
+
+# --- orders through the pipeline -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Orders:
+    completed: str
+    declined: str
+
+
+def _order(order_id: str, sku: str, quantity: int, unit_price: float) -> RawOrder:
+    return RawOrder(
+        order_id=order_id,
+        customer_id="customer-flower",
+        items=(RawItem(product_id=sku, quantity=quantity, unit_price=unit_price),),
+        total_amount=round(quantity * unit_price, 2),
+        currency="USD",
+    )
+
+
+@pytest.fixture(scope="module")
+def orders(e2e: ModuleType, flower: Flower, pipeline: Pipeline) -> Orders:
+    """One order that completes and one the payment gateway declines (above
+    ``PAYMENT_DECLINE_ABOVE``, 10000.00 by default), both seen through to their outcome."""
+    sent = Orders(completed=e2e.unique("flower-ok"), declined=e2e.unique("flower-declined"))
+    sku = e2e.unique("sku")
+    pipeline.set_stock(sku, 10)
+    for order in (_order(sent.completed, sku, 2, 19.99), _order(sent.declined, sku, 2, 5000.01)):
+        pipeline.publish(codec.encode_order_created(order), msg_id=order.order_id)
+    completed = pipeline.await_outcome(sent.completed)
+    declined = pipeline.await_outcome(sent.declined)
+    assert completed.kind is OutcomeKind.COMPLETED, completed
+    assert (declined.kind, declined.fields["reason"]) == (OutcomeKind.FAILED, "PAYMENT_DECLINED")
+    return sent
+
+
+def _tasks_of(flower: Flower, order_id: str) -> dict[str, dict[str, Any]]:
+    """Flower's tasks of one order, by task id (every id starts with the order id)."""
+    tasks = flower.api("/api/tasks")
+    return {tid: task for tid, task in tasks.items() if tid.startswith(f"{order_id}:")}
+
+
+def _states(tasks: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Task name -> state. Each step of one delivery runs once, so names are unique."""
+    return {task["name"]: task["state"] for task in tasks.values()}
+
+
+def _await_states(flower: Flower, e2e: ModuleType, order_id: str, expected: set[str]) -> dict:
+    """Wait until Flower has every ``expected`` task of the order in a final state."""
+
+    def settled() -> dict[str, dict[str, Any]] | None:
+        tasks = _tasks_of(flower, order_id)
+        states = _states(tasks)
+        done = expected <= states.keys() and all(
+            state in {"SUCCESS", "FAILURE"} for state in states.values()
+        )
+        return tasks if done else None
+
+    try:
+        return e2e.wait_for(settled, EVENTS_TIMEOUT_S, f"Flower to show {order_id}'s tasks", 0.5)
+    except TimeoutError as error:
+        raise AssertionError(
+            f"{error}: saw {_states(_tasks_of(flower, order_id))}\n{e2e.log_tail(flower.log)}"
+        ) from error
+
+
+# --- the tests -------------------------------------------------------------------------
+
+
+def test_flower_lists_the_worker_with_the_pipeline_queues_and_tasks(flower: Flower) -> None:
+    workers = flower.api("/api/workers?refresh=1")
+
+    assert workers, "Flower lists no worker"
+    for name, info in workers.items():
+        queues = {queue["name"] for queue in info.get("active_queues") or []}
+        assert queues == set(names.ALL_QUEUES), f"{name} consumes {sorted(queues)}"
+        # Entries may carry annotations after the name ("name [rate_limit=...]").
+        registered = {entry.split()[0] for entry in info.get("registered") or []}
+        assert set(names.ALL_TASKS) <= registered, f"{name} registered {sorted(registered)}"
+    assert all(flower.api("/api/workers?status=1").values())
+
+
+def test_flower_shows_every_step_of_a_completed_order_succeeded(
+    flower: Flower, orders: Orders, e2e: ModuleType
+) -> None:
+    tasks = _await_states(flower, e2e, orders.completed, WORKFLOW_STEPS)
+
+    assert _states(tasks) == dict.fromkeys(WORKFLOW_STEPS, "SUCCESS")
+    workers = set(flower.api("/api/workers?status=1"))
+    assert {task["worker"] for task in tasks.values()} <= workers
+
+
+def test_flower_shows_the_compensation_of_a_declined_order(
+    flower: Flower, orders: Orders, e2e: ModuleType
+) -> None:
+    expected = WORKFLOW_STEPS | DECLINE_COMPENSATION
+    tasks = _await_states(flower, e2e, orders.declined, expected)
+
+    # Declined is a business outcome, a value: every step succeeds, and the
+    # chord callback sends the compensation. Nothing was charged, so no refund.
+    assert _states(tasks) == dict.fromkeys(expected, "SUCCESS")
+    types = set(flower.api("/api/task/types")["task-types"])
+    assert expected <= types
+
+
+@pytest.mark.parametrize("path", ["/api/workers", "/api/tasks", "/api/task/types", "/", "/tasks"])
+def test_flower_refuses_requests_without_the_right_credentials(flower: Flower, path: str) -> None:
+    user, password = flower.auth
+
+    assert flower.get(path)[0] == 401
+    assert flower.get(path, (user, password + "x"))[0] == 401
+    assert flower.get(path, ("someone-else", password))[0] == 401
+    assert flower.get(path, flower.auth)[0] == 200
+
+
+def test_orders_web_refuses_to_start_without_basic_auth(e2e: ModuleType) -> None:
+    # Servers nobody listens on: it must refuse before connecting anywhere.
+    env = _flower_env(e2e, f"nats://{LOOPBACK}:1", f"redis://{LOOPBACK}:1/0", free_port(), {})
+
+    result = subprocess.run(
+        [str(ORDERS_WEB)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=REFUSAL_TIMEOUT_S,
+    )
+
+    assert result.returncode == EXIT_CONFIG, result
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("orders-web: ") and BASIC_AUTH_VARIABLE in lines[0]
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+# --- the dashboard's metrics exist ------------------------------------------------------
+
+
+def _exprs(node: Any) -> Iterator[str]:
+    """Every PromQL expression in a dashboard: panel targets (rows nest panels) and
+    query variables."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "expr" and isinstance(value, str):
+                yield value
+            elif key == "query" and isinstance(value, dict) and "query" in value:
+                yield str(value["query"])
+            elif key == "definition" and isinstance(value, str):
+                yield value
+            else:
+                yield from _exprs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _exprs(item)
+
+
+# Sample names a metric family may expose, by type (prometheus-client's text format).
+_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "summary": ("_sum", "_count", "_created"),
+}
+
+
+def _exported(text: str) -> set[str]:
+    """Every series name a scrape can have: a family declared without samples yet
+    (a labelled counter nothing incremented) still names its series."""
+    found: set[str] = set()
+    for family in text_string_to_metric_families(text):
+        found.add(family.name)
+        found.update(family.name + suffix for suffix in _SUFFIXES.get(family.type, ()))
+        found.update(sample.name for sample in family.samples)
+    return found
+
+
+def test_every_metric_the_dashboard_queries_is_exported(
+    flower: Flower, orders: Orders, pipeline: Pipeline
+) -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = list(_exprs(dashboard))
+    used = {name for expr in exprs for name in DASHBOARD_METRIC.findall(expr)}
+    assert used, f"no metric found in {DASHBOARD}"
+    assert all(DASHBOARD_METRIC.search(expr) for expr in exprs), exprs
+
+    status, flower_text = flower.get("/metrics", flower.auth)
+    assert status == 200
+    bridge_url = f"http://{LOOPBACK}:{pipeline.stack.port}/metrics"
+    with _NO_PROXY.open(bridge_url, timeout=10) as response:
+        bridge_text = response.read().decode()
+    exported = _exported(flower_text.decode()) | _exported(bridge_text)
+
+    missing = sorted(used - exported)
+    assert not missing, f"the dashboard queries metrics no process exports: {missing}"
