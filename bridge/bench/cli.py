@@ -19,7 +19,7 @@ from bridge.bench import load, procfs, report
 from bridge.bench.plot import PlotUnavailable, plot, require_matplotlib
 from bridge.bench.profile import ProfilerUnavailable, find_py_spy
 from bridge.bench.runner import PHASES, Plan, Runner
-from bridge.bench.stack import ProcessFailed
+from bridge.bench.stack import PhaseFailed, ProcessFailed
 from bridge.cli import _common
 from bridge.cli._common import EXIT_CONFIG, CommandError
 from bridge.devservers import ServerStartError, ServerUnavailable
@@ -170,7 +170,7 @@ def bench(
     try:
         with _RichDisplay(console) as display:
             results = Runner(plan, logs, display).run()
-    except (ServerUnavailable, ServerStartError, ProcessFailed, TimeoutError) as error:
+    except (ServerUnavailable, ServerStartError, ProcessFailed, PhaseFailed, TimeoutError) as error:
         raise CommandError(f"benchmark failed: {error}; logs kept in {logs}") from None
     parameters = {**plan.parameters(), "duration_s": round(time.monotonic() - started, 1)}
     doc = report.document(results, parameters, procfs.machine())

@@ -24,6 +24,8 @@ from orders.domain.model import RawOrder
 OUTCOME_SUBJECTS = (names.SUBJECT_COMPLETED, names.SUBJECT_FAILED)
 # Publishes awaiting their PubAck, as ``orders publish`` keeps.
 PUBLISH_WINDOW = 512
+# No outcome stored for this long means something is broken, not slow.
+STALL_TIMEOUT_S = 60.0
 POLL_INTERVAL_S = 0.05
 READ_TIMEOUT_S = 10.0
 
@@ -121,8 +123,12 @@ async def wait_finished(
     check: Callable[[], None] | None = None,
 ) -> float:
     """Poll until ``target`` outcome events are stored and the consumer is idle; returns
-    ``time.perf_counter()`` at that moment (at most one poll interval late)."""
-    deadline = time.monotonic() + timeout
+    ``time.perf_counter()`` at that moment (at most one poll interval late).
+
+    Gives up after ``timeout``, or sooner when no outcome is stored for
+    ``STALL_TIMEOUT_S``: a broken pipeline is reported, not waited out."""
+    now = time.monotonic()
+    deadline, last_progress, last_stored = now + timeout, now, -1
     while True:
         stored = await outcomes_stored(js)
         if on_outcome is not None:
@@ -131,9 +137,13 @@ async def wait_finished(
             return time.perf_counter()
         if check is not None:
             check()
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if stored != last_stored:
+            last_stored, last_progress = stored, now
+        if now > deadline or (stored < target and now - last_progress > STALL_TIMEOUT_S):
             raise TimeoutError(
-                f"after {timeout:g}s only {stored} of {target} outcome events are stored"
+                f"after {now - deadline + timeout:.0f}s only {stored} of {target} outcome "
+                f"events are stored (the last {now - last_progress:.0f}s added none)"
             )
         await asyncio.sleep(POLL_INTERVAL_S)
 

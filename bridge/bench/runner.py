@@ -127,7 +127,11 @@ class Runner:
             with self.display.phase("naive Celery chord", len(batch)) as progress:
                 cpu_before = self.stack.cpu_s()
                 result = naive_chord.run(
-                    self.stack.naive_redis_url, batch, self.plan.warmup, progress
+                    self.stack.naive_redis_url,
+                    batch,
+                    self.plan.warmup,
+                    progress,
+                    self.stack.check_alive,
                 )
                 cpu_after = self.stack.cpu_s()
         finally:

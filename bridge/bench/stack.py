@@ -47,6 +47,10 @@ class ProcessFailed(RuntimeError):
     """A process of the benchmark exited or did not become ready."""
 
 
+class PhaseFailed(RuntimeError):
+    """A phase measured something other than what it set out to (a failed workflow)."""
+
+
 @dataclass
 class Proc:
     role: str  # "bridge" | "worker" | "naive-worker"

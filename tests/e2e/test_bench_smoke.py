@@ -29,6 +29,15 @@ def _bench_command(*args: str) -> list[str]:
     return [sys.executable, "-c", "from bridge.cli import main; main()", "bench", *args]
 
 
+def _log_tails(log_dir: Path, lines: int = 25) -> str:
+    """The end of every process log of the run: what a hung phase was doing."""
+    tails = []
+    for log in sorted(log_dir.glob("*.log")):
+        text = log.read_text(errors="replace").splitlines()
+        tails.append(f"--- {log.name} ---\n" + "\n".join(text[-lines:]))
+    return "\n".join(tails) or f"(no logs in {log_dir})"
+
+
 def _positive(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
 
@@ -43,16 +52,21 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     # NATS_URL / REDIS_URL of the developer's shell must not matter: the benchmark
     # starts its own servers.
     env = {**os.environ, "NATS_URL": "nats://127.0.0.1:1", "REDIS_URL": "redis://127.0.0.1:1/0"}
-    run = subprocess.run(
-        _bench_command(*args),
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-        check=False,
+    try:
+        run = subprocess.run(
+            _bench_command(*args),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as timeout:
+        pytest.fail(f"{timeout}\n{timeout.stderr!r}\n{_log_tails(tmp_path / 'logs')}")
+    assert run.returncode == 0, (
+        f"exit {run.returncode}\n{run.stdout}\n{run.stderr}\n{_log_tails(tmp_path / 'logs')}"
     )
-    assert run.returncode == 0, f"exit {run.returncode}\n{run.stdout}\n{run.stderr}"
 
     doc = json.loads(out.read_text())
     for key in (

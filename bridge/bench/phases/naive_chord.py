@@ -4,28 +4,48 @@
 
 Measured from the first ``apply_async`` to the last result read, after a few
 workflows that warm the worker's pool up.
+
+Results are read by polling their keys (one MGET of the oldest unfinished
+workflows per round), not through ``AsyncResult.get()`` and its pub/sub result
+consumer: the benchmark's smoke test once hung in this phase in CI, 240 s without
+a result read (not reproduced here in five runs). A stored result cannot be missed
+by a poll, and a phase in which nothing finishes for ``STALL_TIMEOUT_S`` now stops
+with a message instead of waiting. What is measured, the worker side, is unchanged.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections.abc import Callable
 from typing import Any
 
-from celery import Celery
+from celery import Celery, states
 
 from bridge.bench import load, naive
+from bridge.bench.stack import PhaseFailed
 
-RESULT_TIMEOUT_S = 300.0
+# No workflow finishing for this long means something is broken, not slow.
+STALL_TIMEOUT_S = 60.0
+POLL_INTERVAL_S = 0.01
+# Workflows finish roughly in the order sent, so each round reads the oldest unfinished
+# ones only: the Redis the worker is measured on is not flooded with reads.
+POLL_WINDOW = 200
 
 
 def run(
-    redis_url: str, batch: load.Batch, warmup: int, progress: load.Progress
+    redis_url: str,
+    batch: load.Batch,
+    warmup: int,
+    progress: load.Progress,
+    check: Callable[[], None] = lambda: None,
 ) -> dict[str, object]:
+    """``check`` raises if a process of the baseline has died."""
     orders = [order.model_dump(mode="json") for order in batch.orders]
     app = naive.create_app(redis_url)
     try:
-        _burst(app, orders[:warmup], lambda _: None)
-        elapsed = _burst(app, orders, progress)
+        _burst(app, orders[:warmup], lambda _: None, check)
+        elapsed = _burst(app, orders, progress, check)
     finally:
         _release_results(app)
         app.close()
@@ -37,15 +57,41 @@ def run(
     }
 
 
-def _burst(app: Celery, orders: list[dict[str, Any]], progress: load.Progress) -> float:
+def _burst(
+    app: Celery,
+    orders: list[dict[str, Any]],
+    progress: load.Progress,
+    check: Callable[[], None],
+) -> float:
     started = time.perf_counter()
-    results = [naive.workflow(app, order).apply_async() for order in orders]
-    deadline = time.monotonic() + RESULT_TIMEOUT_S
-    for done, result in enumerate(results, start=1):
-        outcome = result.get(timeout=max(1.0, deadline - time.monotonic()))
-        if outcome != "completed":
-            raise RuntimeError(f"naive workflow ended with {outcome!r}")
-        progress(done)
+    pending = dict.fromkeys(
+        app.backend.get_key_for_task(naive.workflow(app, order).apply_async().id)
+        for order in orders
+    )  # ordered: oldest first
+    done, last_progress = 0, time.monotonic()
+    while pending:
+        keys = list(itertools.islice(pending, POLL_WINDOW))
+        for key, raw in zip(keys, app.backend.client.mget(keys), strict=True):
+            if raw is None:
+                continue
+            meta = app.backend.decode_result(raw)
+            if meta["status"] not in states.READY_STATES:
+                continue
+            if meta["result"] != "completed":
+                raise PhaseFailed(f"naive workflow ended {meta['status']}: {meta['result']!r}")
+            del pending[key]
+            done += 1
+            last_progress = time.monotonic()
+            progress(done)
+        if not pending:
+            break
+        if time.monotonic() - last_progress > STALL_TIMEOUT_S:
+            raise TimeoutError(
+                f"naive baseline: no workflow finished in {STALL_TIMEOUT_S:g}s; "
+                f"{len(pending)} of {len(orders)} still unfinished"
+            )
+        check()
+        time.sleep(POLL_INTERVAL_S)
     return time.perf_counter() - started
 
 
