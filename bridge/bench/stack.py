@@ -13,7 +13,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -23,9 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.bench import naive, procfs
+from bridge.devprocs import (
+    bridge_command,
+    celery_command,
+    child_env,
+    log_tail,
+    spawn,
+    worker_command,
+)
 from bridge.devservers import NatsServer, RedisServer, free_port, wait_until
-from orders import names
-from orders.settings import Settings
 
 # Enough stock that no order of the run fails for lack of it; a gateway that answers
 # at once, so the figures are the pipeline's own cost.
@@ -38,8 +43,6 @@ NAIVE_REDIS_DB = 1
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
-_LOG_TAIL_LINES = 30
-_BIN = Path(sys.executable).parent
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -117,13 +120,13 @@ class BenchStack:
         """One ``orders-worker`` (prefork, ``concurrency`` children) and ``bridges``
         bridges, started together; returns when every one is ready."""
         worker = self._spawn("worker", _worker_command(concurrency, self._hostname("worker")))
-        started = [worker] + [self._spawn("bridge", _bridge_command()) for _ in range(bridges)]
+        started = [worker] + [self._spawn("bridge", bridge_command()) for _ in range(bridges)]
         for proc in started:
             self._wait_ready(proc)
 
     def start_naive_worker(self, concurrency: int) -> Proc:
         command = [
-            *_celery_command(),
+            *celery_command(),
             "-A", "bridge.bench.naive_worker", "worker",
             "--pool", "prefork",
             "--concurrency", str(concurrency),
@@ -181,17 +184,8 @@ class BenchStack:
         name = f"{role}-{self._spawned}"
         log = self.log_dir / f"{name}.log"
         port = free_port()
-        env = process_env(self.nats.url, redis_url or self.redis.url, port)
-        with open(log, "ab") as out:
-            # A session of its own: the prefork pool can be signalled as a group.
-            popen = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
+        env = child_env(self.nats.url, redis_url or self.redis.url, port, BENCH_ENV)
+        popen = spawn(command, env, log)
         proc = Proc(role, name, popen, log, port)
         self.procs.append(proc)
         return proc
@@ -204,49 +198,9 @@ class BenchStack:
             raise ProcessFailed(f"{exc}\n{log_tail(proc.log)}") from None
 
 
-def process_env(nats_url: str, redis_url: str, port: int) -> dict[str, str]:
-    """The environment of a benchmark process: the caller's, less any pipeline
-    setting or ``OTEL_*`` variable it may carry (they would change what is
-    measured), plus the servers, the port and :data:`BENCH_ENV`."""
-    setting_vars = {name.upper() for name in Settings.model_fields}
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key.upper() not in setting_vars and not key.upper().startswith("OTEL_")
-    }
-    env.update(NATS_URL=nats_url, REDIS_URL=redis_url, PORT=str(port), PYTHONUNBUFFERED="1")
-    env.update(BENCH_ENV)
-    return env
-
-
-def log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    try:
-        text = path.read_text(errors="replace").splitlines()
-    except OSError as exc:
-        return f"(no log at {path}: {exc})"
-    return f"--- last {lines} lines of {path} ---\n" + "\n".join(text[-lines:])
-
-
-def _script(name: str, module: str) -> list[str]:
-    entry_point = _BIN / name
-    return [str(entry_point)] if entry_point.is_file() else [sys.executable, "-m", module]
-
-
-def _bridge_command() -> list[str]:
-    return _script("orders-bridge", "bridge.main")
-
-
 def _worker_command(concurrency: int, hostname: str) -> list[str]:
     args = ["--pool", "prefork", "--concurrency", str(concurrency), "--hostname", hostname]
-    entry_point = _BIN / "orders-worker"
-    if entry_point.is_file():
-        return [str(entry_point), *args]
-    queues = ",".join(names.ALL_QUEUES)
-    return [*_celery_command(), "-A", "orders.worker", "worker", "-Q", queues, *args]
-
-
-def _celery_command() -> list[str]:
-    return _script("celery", "celery")
+    return worker_command(*args)
 
 
 def _worker_ready(proc: Proc) -> bool:

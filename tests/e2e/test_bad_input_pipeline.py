@@ -20,21 +20,18 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import nats
+import pipeline_stack as e2e
 import pytest
+from pipeline_stack import Pipeline
 
 from bridge import codec
 from bridge.devservers import NatsServer, RedisServer, wait_until
 from bridge.pb.orders.v1 import orders_pb2
 from orders import names
 from orders.domain.model import OutcomeKind
-
-if TYPE_CHECKING:  # the fixture's type; conftest modules are not imported by name
-    from conftest import Pipeline
 
 pytestmark = pytest.mark.e2e
 
@@ -47,15 +44,6 @@ _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture(scope="module")
-def e2e(request: pytest.FixtureRequest) -> ModuleType:
-    """``tests/e2e/conftest.py`` as pytest loaded it, for its ``Stack`` and ``Pipeline``."""
-    path = Path(__file__).with_name("conftest.py")
-    module = request.config.pluginmanager.get_plugin(str(path))
-    assert module is not None, f"{path} is not loaded as a conftest"
-    return module
 
 
 # --- the batch ------------------------------------------------------------------------
@@ -315,9 +303,7 @@ def test_nasty_orders_end_invalid_or_dead_lettered_and_never_reach_a_worker(
 
 
 @pytest.fixture(scope="module")
-def small_limit_pipeline(
-    e2e: ModuleType, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Pipeline]:
+def small_limit_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     log_dir = tmp_path_factory.mktemp("e2e-small-limit")
     with (
         NatsServer() as nats_server,

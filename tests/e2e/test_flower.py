@@ -25,10 +25,11 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import pipeline_stack as e2e
 import pytest
+from pipeline_stack import Pipeline
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import codec
@@ -36,9 +37,6 @@ from bridge.devservers import LOOPBACK, free_port
 from orders import names
 from orders.domain.model import OutcomeKind, RawItem, RawOrder
 from orders.web import BASIC_AUTH_VARIABLE, DEV_MODE_VARIABLE, EXIT_CONFIG
-
-if TYPE_CHECKING:  # the fixture's type; conftest modules are not imported by name
-    from conftest import Pipeline
 
 pytestmark = pytest.mark.e2e
 
@@ -61,15 +59,6 @@ DECLINE_COMPENSATION = {names.TASK_RELEASE, names.TASK_FINALIZE}
 DASHBOARD_METRIC = re.compile(r"\b(?:orders_bridge|flower)_[a-zA-Z0-9_]+\b")
 
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-@pytest.fixture(scope="module")
-def e2e(request: pytest.FixtureRequest) -> ModuleType:
-    """``tests/e2e/conftest.py`` as pytest loaded it, for its process helpers."""
-    path = Path(__file__).with_name("conftest.py")
-    module = request.config.pluginmanager.get_plugin(str(path))
-    assert module is not None, f"{path} is not loaded as a conftest"
-    return module
 
 
 # --- Flower, the process --------------------------------------------------------------
@@ -101,10 +90,8 @@ class Flower:
         return json.loads(body)
 
 
-def _flower_env(
-    e2e: ModuleType, nats_url: str, redis_url: str, port: int, extra: dict[str, str]
-) -> dict[str, str]:
-    env = e2e._process_env(nats_url, redis_url, port, extra)
+def _flower_env(nats_url: str, redis_url: str, port: int, extra: dict[str, str]) -> dict[str, str]:
+    env = e2e.process_env(nats_url, redis_url, port, extra)
     # The developer's shell must not open Flower up or set its credentials.
     for variable in (BASIC_AUTH_VARIABLE, DEV_MODE_VARIABLE):
         if variable not in extra:
@@ -113,13 +100,13 @@ def _flower_env(
 
 
 @pytest.fixture(scope="module")
-def flower(e2e: ModuleType, pipeline: Pipeline) -> Iterator[Flower]:
+def flower(pipeline: Pipeline) -> Iterator[Flower]:
     """``orders-web`` on a free loopback port, listening to the pipeline's worker."""
     port = free_port()
     auth = (FLOWER_USER, secrets.token_urlsafe(12))
     log = pipeline.stack.log_dir / "flower.log"
     credentials = {BASIC_AUTH_VARIABLE: ":".join(auth)}
-    env = _flower_env(e2e, pipeline.nats_url, pipeline.redis_url, port, credentials)
+    env = _flower_env(pipeline.nats_url, pipeline.redis_url, port, credentials)
     with open(log, "ab") as out:
         process = subprocess.Popen(
             # Extra arguments go to Flower: loopback only, as everything a test starts.
@@ -193,7 +180,7 @@ def _order(order_id: str, sku: str, quantity: int, unit_price: float) -> RawOrde
 
 
 @pytest.fixture(scope="module")
-def orders(e2e: ModuleType, flower: Flower, pipeline: Pipeline) -> Orders:
+def orders(flower: Flower, pipeline: Pipeline) -> Orders:
     """One order that completes and one the payment gateway declines (above
     ``PAYMENT_DECLINE_ABOVE``, 10000.00 by default), both seen through to their outcome."""
     sent = Orders(completed=e2e.unique("flower-ok"), declined=e2e.unique("flower-declined"))
@@ -219,7 +206,7 @@ def _states(tasks: dict[str, dict[str, Any]]) -> dict[str, str]:
     return {task["name"]: task["state"] for task in tasks.values()}
 
 
-def _await_states(flower: Flower, e2e: ModuleType, order_id: str, expected: set[str]) -> dict:
+def _await_states(flower: Flower, order_id: str, expected: set[str]) -> dict:
     """Wait until Flower has every ``expected`` task of the order in a final state."""
 
     def settled() -> dict[str, dict[str, Any]] | None:
@@ -255,20 +242,18 @@ def test_flower_lists_the_worker_with_the_pipeline_queues_and_tasks(flower: Flow
 
 
 def test_flower_shows_every_step_of_a_completed_order_succeeded(
-    flower: Flower, orders: Orders, e2e: ModuleType
+    flower: Flower, orders: Orders
 ) -> None:
-    tasks = _await_states(flower, e2e, orders.completed, WORKFLOW_STEPS)
+    tasks = _await_states(flower, orders.completed, WORKFLOW_STEPS)
 
     assert _states(tasks) == dict.fromkeys(WORKFLOW_STEPS, "SUCCESS")
     workers = set(flower.api("/api/workers?status=1"))
     assert {task["worker"] for task in tasks.values()} <= workers
 
 
-def test_flower_shows_the_compensation_of_a_declined_order(
-    flower: Flower, orders: Orders, e2e: ModuleType
-) -> None:
+def test_flower_shows_the_compensation_of_a_declined_order(flower: Flower, orders: Orders) -> None:
     expected = WORKFLOW_STEPS | DECLINE_COMPENSATION
-    tasks = _await_states(flower, e2e, orders.declined, expected)
+    tasks = _await_states(flower, orders.declined, expected)
 
     # Declined is a business outcome, a value: every step succeeds, and the
     # chord callback sends the compensation. Nothing was charged, so no refund.
@@ -287,9 +272,9 @@ def test_flower_refuses_requests_without_the_right_credentials(flower: Flower, p
     assert flower.get(path, flower.auth)[0] == 200
 
 
-def test_orders_web_refuses_to_start_without_basic_auth(e2e: ModuleType) -> None:
+def test_orders_web_refuses_to_start_without_basic_auth() -> None:
     # Servers nobody listens on: it must refuse before connecting anywhere.
-    env = _flower_env(e2e, f"nats://{LOOPBACK}:1", f"redis://{LOOPBACK}:1/0", free_port(), {})
+    env = _flower_env(f"nats://{LOOPBACK}:1", f"redis://{LOOPBACK}:1/0", free_port(), {})
 
     result = subprocess.run(
         [str(ORDERS_WEB)],

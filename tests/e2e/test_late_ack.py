@@ -21,10 +21,9 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+import pipeline_stack as e2e
 import pytest
 
 from bridge import codec
@@ -43,17 +42,8 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture(scope="module")
-def e2e(request: pytest.FixtureRequest) -> ModuleType:
-    """``tests/e2e/conftest.py`` as pytest loaded it, for its ``Stack`` and ``Pipeline``."""
-    path = Path(__file__).with_name("conftest.py")
-    module = request.config.pluginmanager.get_plugin(str(path))
-    assert module is not None, f"{path} is not loaded as a conftest"
-    return module
-
-
 @pytest.fixture
-def two_bridges(e2e: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def two_bridges(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """Servers of their own (one bridge gets frozen), and two full stacks on them."""
     log_dir = tmp_path_factory.mktemp("e2e-late-ack")
     with NatsServer() as nats_server, RedisServer() as redis_server:

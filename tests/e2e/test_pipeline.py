@@ -15,19 +15,16 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import nats
 import protowire
 import pytest
+from pipeline_stack import Pipeline
 
 from bridge import codec
 from bridge.devservers import wait_until
 from orders import names
 from orders.domain.model import OutcomeKind, RawItem, RawOrder
-
-if TYPE_CHECKING:  # the fixture's type; conftest modules are not imported by name
-    from conftest import Pipeline
 
 pytestmark = pytest.mark.e2e
 

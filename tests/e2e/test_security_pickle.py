@@ -16,9 +16,9 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+import pipeline_stack as e2e
 import pytest
 import redis
 from kombu import Connection, Exchange, Queue
@@ -31,15 +31,6 @@ pytestmark = pytest.mark.e2e
 REFUSAL_TIMEOUT_S = 30.0
 # After the refusal, how long the key is watched for (a late run would set it).
 QUIET_S = 3.0
-
-
-@pytest.fixture(scope="module")
-def e2e(request: pytest.FixtureRequest) -> ModuleType:
-    """``tests/e2e/conftest.py`` as pytest loaded it, for its process helpers."""
-    path = Path(__file__).with_name("conftest.py")
-    module = request.config.pluginmanager.get_plugin(str(path))
-    assert module is not None, f"{path} is not loaded as a conftest"
-    return module
 
 
 class SetsAKey:
@@ -74,7 +65,7 @@ def _celery_message(task_id: str, argument: object) -> tuple[tuple, dict[str, ob
 
 
 @pytest.fixture
-def worker(e2e: ModuleType, tmp_path: Path) -> Iterator[tuple[Any, str]]:
+def worker(tmp_path: Path) -> Iterator[tuple[Any, str]]:
     """A real worker on a Redis of its own (the bridge is not needed)."""
     with NatsServer() as nats_server, RedisServer() as redis_server:
         stack = e2e.Stack(nats_server.url, redis_server.url, tmp_path)
@@ -85,9 +76,7 @@ def worker(e2e: ModuleType, tmp_path: Path) -> Iterator[tuple[Any, str]]:
             stack.stop_worker()
 
 
-def test_a_pickled_task_is_refused_without_running(
-    e2e: ModuleType, worker: tuple[Any, str]
-) -> None:
+def test_a_pickled_task_is_refused_without_running(worker: tuple[Any, str]) -> None:
     stack, redis_url = worker
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     key = f"pwned-{uuid.uuid4().hex[:12]}"

@@ -24,11 +24,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import quote
 
 import nats.errors
+import pipeline_stack as e2e
 import pytest
 from pki import TestCA
 
@@ -47,15 +47,6 @@ ORDERS = Path(sys.executable).parent / "orders"
 BRIDGE_INBOX = "_INBOX_orders_bridge"
 OUTCOME_TIMEOUT_S = 60.0
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-@pytest.fixture(scope="module")
-def e2e(request: pytest.FixtureRequest) -> ModuleType:
-    """``tests/e2e/conftest.py`` as pytest loaded it, for its process helpers."""
-    path = Path(__file__).with_name("conftest.py")
-    module = request.config.pluginmanager.get_plugin(str(path))
-    assert module is not None, f"{path} is not loaded as a conftest"
-    return module
 
 
 def _secret(label: str) -> str:
@@ -213,11 +204,11 @@ def _forms(secret: str) -> set[str]:
 
 
 def test_secrets_stay_out_of_logs_and_endpoints_under_least_privilege(
-    e2e: ModuleType, deployment: Deployment, tmp_path: Path
+    deployment: Deployment, tmp_path: Path
 ) -> None:
     bridge_env = deployment.env("orders-bridge", "ORDERS_BRIDGE_PASSWORD")
     admin = deployment.env("orders-admin", "ORDERS_ADMIN_PASSWORD")
-    admin_env = e2e._process_env(admin["NATS_URL"], admin["REDIS_URL"], 0, admin)
+    admin_env = e2e.process_env(admin["NATS_URL"], admin["REDIS_URL"], 0, admin)
     stack = e2e.Stack(
         bridge_env["NATS_URL"],
         bridge_env["REDIS_URL"],

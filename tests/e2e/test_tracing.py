@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Pipeline, _process_env, running_pipeline, unique, wait_for
 from otlp_receiver import OtlpReceiver, ReceivedSpan
+from pipeline_stack import Pipeline, process_env, running_pipeline, unique, wait_for
 
 from bridge.devservers import NatsServer, RedisServer
 from orders import names
@@ -138,7 +138,7 @@ def _assert_logs_name_order_and_trace(
 
 def _publish(pipeline: Pipeline, receiver: OtlpReceiver, tmp_path: Path) -> list[str]:
     prefix = unique("traced")
-    env = _process_env(
+    env = process_env(
         pipeline.nats_url,
         pipeline.redis_url,
         0,

@@ -40,9 +40,11 @@ from types import ModuleType
 from typing import Any
 
 import nats
+import pipeline_stack as e2e
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import codec
+from bridge.devprocs import bridge_command, spawn
 from bridge.devservers import NatsServer, RedisServer, free_port, wait_until
 from orders import names
 from orders.domain.model import OutcomeKind, RawOrder
@@ -60,7 +62,6 @@ def _load(module_name: str, path: Path) -> ModuleType:
 
 
 _E2E = Path(__file__).resolve().parent.parent / "e2e"
-e2e = _load("orders_e2e_conftest", _E2E / "conftest.py")
 e2e_pipeline = _load("orders_e2e_test_pipeline", _E2E / "test_pipeline.py")
 build_order = e2e_pipeline.order
 encode_by_hand = e2e_pipeline.encode_order_created_by_hand
@@ -218,7 +219,7 @@ class FaultStack:
 
     def stop(self, proc: Proc) -> int | None:
         """SIGTERM (a bridge drains, a worker shuts down warm), SIGKILL if it hangs."""
-        return e2e._stop(proc.popen, kill_group=True)
+        return e2e.stop_process(proc.popen, kill_group=True)
 
     def restart(self, proc: Proc) -> Proc:
         """Kill the process if it still runs, then start it again (same name, same port)."""
@@ -254,22 +255,13 @@ class FaultStack:
         suffix = "" if proc.spawned == 1 else f".{proc.spawned}"
         proc.log = self.log_dir / f"{proc.name}{suffix}.log"
         if proc.role == "bridge":
-            command = e2e._bridge_command()
+            command = bridge_command()
         else:
-            command = [*e2e._worker_command(f"{proc.name}-{uuid.uuid4().hex[:6]}"), *proc.args]
-        env = e2e._process_env(self.nats.url, self.redis.url, proc.port, {})
+            command = [*e2e.named_worker_command(f"{proc.name}-{uuid.uuid4().hex[:6]}"), *proc.args]
+        env = e2e.process_env(self.nats.url, self.redis.url, proc.port, {})
         env.update(self.extra_env)
         env.update(proc.env)
-        with open(proc.log, "ab") as out:
-            # A session of its own: the prefork pool can be killed as a group.
-            proc.popen = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
+        proc.popen = spawn(command, env, proc.log)
         ready = _bridge_ready if proc.role == "bridge" else _worker_ready
         wait_until(lambda: ready(proc), START_TIMEOUT_S, 0.2, f"{proc.name} to be ready")
 
