@@ -19,7 +19,6 @@ import re
 import signal
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,10 +35,6 @@ ACK_WAIT_S = 2
 PAYMENT_LATENCY_MS = 8000  # the workflow outlives ack_wait several times over
 ENV = {"ACK_WAIT": str(ACK_WAIT_S), "PAYMENT_LATENCY_MS": str(PAYMENT_LATENCY_MS)}
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture
@@ -100,7 +95,7 @@ def test_two_bridges_holding_one_order_after_a_late_ack_give_one_outcome_and_one
     two_bridges: Any,
 ) -> None:
     pipeline, stacks = two_bridges
-    order_id, sku = unique("late-ack"), unique("sku")
+    order_id, sku = e2e.unique("late-ack"), e2e.unique("sku")
     pipeline.set_stock(sku, 10)
     created = RawOrder(
         order_id=order_id,
@@ -122,11 +117,12 @@ def test_two_bridges_holding_one_order_after_a_late_ack_give_one_outcome_and_one
         what="the workflow to start",
     )
     os.kill(first.bridge.pid, signal.SIGSTOP)
-    frozen_at = time.monotonic()
     try:
         # 2. Its heartbeats stop: after ack_wait the order goes to the other bridge.
         wait_until(lambda: _metric(second, RECEIVED) >= 1, 30, what="the redelivery")
-        assert time.monotonic() - frozen_at >= ACK_WAIT_S * 0.9
+        # A redelivery by the server (the frozen bridge can neither nak nor ack). Not a
+        # time bound: ack_wait runs from the last heartbeat, sent before the freeze.
+        assert pipeline.consumer_info().num_redelivered >= 1
         view = pipeline.status(order_id)
         assert view is not None and view.outcome is None, (
             "the workflow finished before both bridges held the order: raise PAYMENT_LATENCY_MS"
