@@ -203,6 +203,20 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _publish_retries_within_duplicate_window(self) -> Settings:
+        # A retried publish whose first attempt was stored but not acknowledged is
+        # dropped by the stream's duplicate window, only while that window lasts:
+        # retrying longer could store an outcome event or a dead letter twice.
+        if self.publish_retry_window >= self.orders_duplicate_window:
+            raise _setting_error(
+                "PUBLISH_RETRY_WINDOW",
+                "must be shorter than ORDERS_DUPLICATE_WINDOW "
+                f"({self.orders_duplicate_window.total_seconds():g}s), or a retried "
+                "publish could be stored twice",
+            )
+        return self
+
+    @model_validator(mode="after")
     def _security_files(self) -> Settings:
         if self.nats_creds and self.nats_nkey:
             raise _setting_error("NATS_NKEY", "NATS_CREDS is set too; use one of them")

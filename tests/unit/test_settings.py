@@ -32,6 +32,8 @@ def test_contract_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         ("REDIS_URL", "http://example"),
         ("NATS_URL", "nats://ok:4222,http://bad"),
         ("ORDERS_DUPLICATE_WINDOW", "0"),
+        # Retries of a publish must end while the duplicate window can still drop them.
+        ("PUBLISH_RETRY_WINDOW", "120"),
     ],
 )
 def test_invalid_values_name_the_variable(
@@ -40,6 +42,14 @@ def test_invalid_values_name_the_variable(
     monkeypatch.setenv(variable, value)
     with pytest.raises(ConfigError, match=f"^invalid setting {variable}: "):
         load_settings()
+
+
+def test_publish_retries_may_last_as_long_as_a_longer_duplicate_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ORDERS_DUPLICATE_WINDOW", "600")
+    monkeypatch.setenv("PUBLISH_RETRY_WINDOW", "300")
+    assert load_settings().publish_retry_window == timedelta(seconds=300)
 
 
 def test_durations_accept_plain_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
