@@ -127,11 +127,15 @@ class OrderProcessor:
 
     async def _process(self, msg: Msg, delivered: RawOrder) -> None:
         d = self._d
-        begin = await d.state.begin(
-            delivered.order_id, self._stall_s, order_json=delivered.model_dump_json()
+        delivered_json = delivered.model_dump_json()
+        begin = await d.state.begin(delivered.order_id, self._stall_s, order_json=delivered_json)
+        # The order as first stored: what every send of its workflow must carry. Usually
+        # the one just delivered, which need not be parsed back from its own JSON.
+        raw = (
+            delivered
+            if begin.order_json in ("", delivered_json)
+            else RawOrder.model_validate_json(begin.order_json)
         )
-        # The order as first stored: what every send of its workflow must carry.
-        raw = RawOrder.model_validate_json(begin.order_json) if begin.order_json else delivered
         verdict = validate_order(raw, d.limits)
         if begin.next is Next.DONE:
             d.metrics.duplicates.inc()
