@@ -13,11 +13,14 @@ before the child exits.
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 from typing import Any
 
 import redis
 from celery import Celery, signals
+from celery.platforms import EX_FAILURE
 from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
 from orders import names, telemetry
@@ -42,6 +45,24 @@ def _settings_from_env() -> Settings:
 settings = _settings_from_env()
 app: Celery = create_app(settings)
 app.autodiscover_tasks(["orders"], related_name="tasks", force=True)
+
+# After an unrecoverable error (kombu's connection-loss race, kombu#582, when Redis
+# goes away) Celery stops warm, and that stop was seen to hang: a process alive and
+# consuming nothing, which no supervisor restarts. Its tasks are acked late, so they
+# are redelivered anyway: past this deadline the process exits, and is restarted.
+FAILED_STOP_DEADLINE_S = 10.0
+
+
+class _BoundedStopWorker(app.Worker):  # type: ignore[misc,name-defined]
+    def stop(self, in_sighandler: bool = False, exitcode: int | None = None) -> None:
+        if exitcode == EX_FAILURE:
+            deadline = threading.Timer(FAILED_STOP_DEADLINE_S, os._exit, args=(EX_FAILURE,))
+            deadline.daemon = True
+            deadline.start()
+        super().stop(in_sighandler=in_sighandler, exitcode=exitcode)
+
+
+app.Worker = _BoundedStopWorker
 
 
 @signals.setup_logging.connect
