@@ -32,6 +32,7 @@ class CompletionWatcher:
         self._block_ms = block_ms
         self._batch = batch
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._reread = False
         self.healthy = False
 
     def expect(self, order_id: str) -> asyncio.Event:
@@ -47,13 +48,21 @@ class CompletionWatcher:
             if not waiters:
                 del self._waiters[order_id]
 
+    def server_changed(self) -> None:
+        """Redis failed over (or restarted): the new server's stream may end before
+        the last entry read, so read on from its newest, and wake every waiter to
+        re-check its order there."""
+        self._reread = True
+        self._wake_all()
+
     async def run(self) -> None:
         """Read the stream until cancelled; survives Redis outages."""
         last_id = None
         backoff = 0.2
         while True:
             try:
-                if last_id is None:
+                if last_id is None or self._reread:
+                    self._reread = False
                     newest = await self._redis.xrevrange(keys.COMPLETIONS_STREAM, count=1)
                     last_id = newest[0][0] if newest else "0-0"
                 reply = await self._redis.xread(

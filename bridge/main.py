@@ -8,6 +8,7 @@ in-flight orders finish up to ``DRAIN_TIMEOUT``, nak the rest, drain NATS, exit 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -26,6 +27,7 @@ from bridge.metrics import BridgeMetrics
 from bridge.nats_connect import NatsRefused
 from bridge.nats_connect import connect as nats_connect
 from bridge.processor import Deps, OrderProcessor
+from bridge.redis_watch import OutcomeBarrier, RedisWatch
 from bridge.topology import ensure_topology
 from orders import names, telemetry
 from orders.adapters.order_state import AsyncOrderState
@@ -80,11 +82,18 @@ async def run(settings: Settings) -> None:
     await _check_redis(redis_client, settings)
     metrics = BridgeMetrics()
     watcher = CompletionWatcher(redis_client)
+    watch = RedisWatch(redis_client, settings, metrics, on_change=watcher.server_changed)
+    with contextlib.suppress(redis.RedisError, OSError, TimeoutError):
+        await asyncio.wait_for(watch.refresh(), REDIS_START_CHECK_S)
+    state = AsyncOrderState(redis_client)
+    barrier = OutcomeBarrier(state, watch, settings, metrics)
     dispatcher = Dispatcher()
     processor = OrderProcessor(
         Deps(
             js=js,
-            state=AsyncOrderState(redis_client),
+            state=state,
+            watch=watch,
+            barrier=barrier,
             watcher=watcher,
             dispatcher=dispatcher,
             celery=create_celery(settings),
@@ -93,18 +102,24 @@ async def run(settings: Settings) -> None:
             metrics=metrics,
         )
     )
-    consumer = Consumer(
-        js, processor, settings, metrics, connected=lambda: nc.is_connected and watcher.healthy
-    )
-    metrics.ready.set_function(
-        lambda: float(nc.is_connected and watcher.healthy and consumer.problem() is None)
-    )
+
+    def can_finish_orders() -> bool:
+        # Not while Redis is unreachable or its replicas lag: every order fetched
+        # would fail and spend a delivery for nothing.
+        return nc.is_connected and watcher.healthy and not barrier.behind
+
+    consumer = Consumer(js, processor, settings, metrics, connected=can_finish_orders)
+    metrics.ready.set_function(lambda: float(can_finish_orders() and consumer.problem() is None))
 
     async def consumer_answers() -> None:
         await js.consumer_info(names.ORDERS_STREAM, names.DURABLE_CONSUMER)
 
     async def redis_answers() -> None:
         await redis_client.ping()
+
+    async def redis_replicas() -> None:
+        if barrier.behind:
+            raise RuntimeError(barrier.problem)
 
     async def nats_connected() -> None:
         if not nc.is_connected:
@@ -121,6 +136,7 @@ async def run(settings: Settings) -> None:
                 "nats": nats_connected,
                 "consumer": consumer_answers,
                 "redis": redis_answers,
+                "redis_replicas": redis_replicas,
                 "consuming": consuming,
             },
             metrics=metrics,
@@ -131,12 +147,14 @@ async def run(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, consumer.stop)
     watcher_task = asyncio.create_task(watcher.run(), name="completions")
+    watch_task = asyncio.create_task(watch.run(), name="redis-watch")
     log.info("bridge ready: consuming %s, HTTP on port %d", names.SUBJECT_CREATED, settings.port)
     try:
         await consumer.run()
     finally:
         log.info("shutting down")
         watcher_task.cancel()
+        watch_task.cancel()
         await runner.cleanup()
         dispatcher.close()
         await nc.drain()

@@ -67,3 +67,24 @@ class BridgeMetrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
             registry=r,
         )
+        self.redis_replicas = Gauge(
+            "orders_bridge_redis_wait_replicas",
+            "Redis replicas an outcome waits for before it is published (REDIS_WAIT_REPLICAS)",
+            registry=r,
+        )
+        self.redis_wait = Histogram(
+            "orders_bridge_redis_wait_seconds",
+            "One WAIT round trip for the outcomes of the orders finishing together",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+        self.redis_replicas_behind = Counter(
+            "orders_bridge_redis_replicas_behind",
+            "WAITs the replicas did not answer in time (those outcomes were held back)",
+            registry=r,
+        )
+        self.redis_server_changes = Counter(
+            "orders_bridge_redis_server_changes",
+            "New Redis server identities behind REDIS_URL (failovers, restarts)",
+            registry=r,
+        )

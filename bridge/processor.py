@@ -8,8 +8,9 @@ Every delivery ends in exactly one of:
   transient faults that outlasted ``MAX_DELIVERIES`` (after compensation).
 
 Order of effects, so that a crash between any two lines loses nothing and
-repeats nothing: outcome recorded in Redis -> outcome event stored in JetStream
-(``Nats-Msg-Id`` dedups a re-publish) -> ``published`` recorded -> ack.
+repeats nothing: outcome recorded in Redis -> the Redis replicas acknowledge it
+(``bridge.redis_watch``: a failover cannot lose it) -> outcome event stored in
+JetStream (``Nats-Msg-Id`` dedups a re-publish) -> ``published`` recorded -> ack.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ from bridge.completions import CompletionWatcher
 from bridge.dead_letter import dead_letter
 from bridge.dispatch import Dispatcher
 from bridge.metrics import BridgeMetrics
+from bridge.redis_watch import OutcomeBarrier, RedisWatch, ReplicasBehind
 from bridge.store import store
 from bridge.topology import SERVER_DELIVERY_GRACE
 from orders import names
-from orders.adapters.order_state import AsyncOrderState, Next
+from orders.adapters.order_state import AsyncOrderState, Begin, Next, OrderView
 from orders.domain.model import FailureReason, Invalid, Order, Outcome, OutcomeKind, RawOrder
 from orders.domain.settlement import failed_outcome
 from orders.domain.validation import Limits, unusable_order_id, validate_order
@@ -43,6 +45,8 @@ from orders.workflow import compensation, order_workflow
 log = logging.getLogger(__name__)
 
 NATS_REQUEST_TIMEOUT_S = 5.0
+_REPLICA_PAUSE_FIRST_S = 0.2
+_REPLICA_PAUSE_MAX_S = 3.0
 
 
 class WorkflowFailed(Exception):
@@ -50,10 +54,17 @@ class WorkflowFailed(Exception):
     by another bridge meanwhile)."""
 
 
+class OutcomeLost(Exception):
+    """Redis no longer holds the outcome it reported (a failover to a replica that had
+    not received it): the next delivery finds out what the new server has."""
+
+
 @dataclass(frozen=True, slots=True)
 class Deps:
     js: JetStreamContext
     state: AsyncOrderState
+    watch: RedisWatch
+    barrier: OutcomeBarrier
     watcher: CompletionWatcher
     dispatcher: Dispatcher
     celery: Celery
@@ -128,7 +139,9 @@ class OrderProcessor:
     async def _process(self, msg: Msg, delivered: RawOrder) -> None:
         d = self._d
         delivered_json = delivered.model_dump_json()
-        begin = await d.state.begin(delivered.order_id, self._stall_s, order_json=delivered_json)
+        begin = await d.state.begin(
+            delivered.order_id, self._stall_s, order_json=delivered_json, server=d.watch.identity
+        )
         # The order as first stored: what every send of its workflow must carry. Usually
         # the one just delivered, which need not be parsed back from its own JSON.
         raw = (
@@ -145,30 +158,39 @@ class OrderProcessor:
             if isinstance(verdict, Invalid):
                 outcome = failed_outcome(raw.order_id, FailureReason.INVALID_ORDER, verdict.detail)
                 await d.state.finalize(begin.epoch, outcome)
-            elif await self._run_workflow(
-                verdict, begin.next is Next.START, begin.epoch, begin.run
-            ):
+            elif await self._run_workflow(verdict, begin, raw.model_dump_json()):
                 d.metrics.duplicates.inc()
                 await self._ack(msg)
                 return
-        view = await d.state.view(raw.order_id)
-        if view is None or view.outcome is None:
-            raise RuntimeError("order state lost its outcome")
-        await self._publish_outcome(view.outcome)
-        await d.state.mark_published(raw.order_id, view.outcome.kind)
+        outcome = await self._replicated_outcome(raw.order_id)
+        await self._publish_outcome(outcome)
+        await d.state.mark_published(raw.order_id, outcome.kind)
         await self._ack(msg)
 
-    async def _run_workflow(self, order: Order, start: bool, epoch: int, run: int) -> bool:
+    async def _run_workflow(self, order: Order, begin: Begin, order_json: str) -> bool:
         """Send (or re-attach to) the workflow and wait for its outcome to be recorded.
-        Returns ``True`` when another bridge already published the outcome."""
+        Returns ``True`` when another bridge already published the outcome.
+
+        ``order_json`` is the order as stored, to restore a state that a Redis
+        failover lost."""
         d = self._d
-        event = d.watcher.expect(order.order_id)
+        order_id = order.order_id
+        event = d.watcher.expect(order_id)
         try:
-            if start:
-                await self._send(order, epoch, run, "new" if run == 1 else "retry")
+            if begin.next is Next.START:
+                await self._send(order, begin.epoch, begin.run, begin.cause or "new")
+            known = (begin.epoch, begin.run)
             while True:
                 await _woken_or_timeout(event, self._poll_s)
-                poll = await d.state.begin(order.order_id, self._stall_s, poll=True)
+                server = d.watch.identity
+                poll = await d.state.begin(
+                    order_id, self._stall_s, poll=True, server=server, known=known
+                )
+                if poll.next is Next.LOST:
+                    log.warning("order %s: Redis lost its state (a failover?); restoring", order_id)
+                    poll = await d.state.begin(
+                        order_id, self._stall_s, order_json=order_json, server=server, known=known
+                    )
                 if poll.next is Next.PUBLISH:
                     return False
                 if poll.next is Next.DONE:
@@ -177,11 +199,36 @@ class OrderProcessor:
                     raise WorkflowFailed(poll.error)
                 if poll.next is Next.START:
                     log.warning(
-                        "order %s: workflow stalled, sending run %d", order.order_id, poll.run
+                        "order %s: workflow %s, sending run %d", order_id, poll.cause, poll.run
                     )
-                    await self._send(order, poll.epoch, poll.run, "stalled")
+                    await self._send(order, poll.epoch, poll.run, poll.cause or "stalled")
+                    known = (poll.epoch, poll.run)
         finally:
-            d.watcher.forget(order.order_id, event)
+            d.watcher.forget(order_id, event)
+
+    async def _replicated_outcome(self, order_id: str) -> Outcome:
+        view = await self._replicated(order_id)
+        if view is None or view.outcome is None:
+            raise OutcomeLost("the order's outcome is no longer in Redis")
+        return view.outcome
+
+    async def _replicated(self, order_id: str) -> OrderView | None:
+        """The order's state, once the Redis replicas hold every write it rests on.
+
+        Replicas that lag are waited for in place (the input kept alive by
+        ``in_progress()``) for up to ``PUBLISH_RETRY_WINDOW``: a nak would spend a
+        delivery on a fault that says nothing about the order."""
+        deadline = time.monotonic() + self._publish_patience_s
+        pause = _REPLICA_PAUSE_FIRST_S
+        while True:
+            try:
+                return await self._d.barrier.confirm(order_id)
+            except ReplicasBehind as exc:
+                if time.monotonic() + pause >= deadline:
+                    raise
+                log.debug("order %s: %s; waiting", order_id, exc)
+                await asyncio.sleep(pause * random.uniform(0.5, 1.0))
+                pause = min(pause * 2, _REPLICA_PAUSE_MAX_S)
 
     async def _send(self, order: Order, epoch: int, run: int, cause: str) -> None:
         d = self._d
@@ -290,6 +337,9 @@ class OrderProcessor:
             return True
         await d.dispatcher.send(compensation(d.celery, order, view.epoch))
         d.metrics.workflows_sent.labels("compensation").inc()
+        # The dead mark and the compensation's messages reach the replicas before
+        # the dead letter is stored: a failover must not forget what it owes.
+        await self._replicated(raw.order_id)
         return False
 
     async def _dead_letter(self, msg: Msg, reason: str, cause: str) -> None:

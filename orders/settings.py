@@ -79,6 +79,22 @@ def _nkey_seed_file(path: Path | None) -> Path | None:
     return path
 
 
+def _replica_count(value: object) -> object:
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "auto":
+            return "auto"
+        if not re.fullmatch(r"\d{1,3}", text):
+            raise ValueError("must be auto, or a number of replicas (0 turns the wait off)")
+        return int(text)
+    return value
+
+
+# ``auto``: as many replicas as the primary reports online; a number: exactly that many.
+ReplicaCount = Annotated[
+    Literal["auto"] | Annotated[int, Field(ge=0, le=100)], BeforeValidator(_replica_count)
+]
+
 ReadableFile = Annotated[Path | None, BeforeValidator(_blank_is_unset), AfterValidator(_readable)]
 NatsCredsFile = Annotated[ReadableFile, AfterValidator(_nats_creds_file)]
 NkeySeedFile = Annotated[ReadableFile, AfterValidator(_nkey_seed_file)]
@@ -131,6 +147,13 @@ class Settings(BaseSettings):
     publish_retry_window: PositiveSeconds = timedelta(seconds=60)
     nak_delay_max: PositiveSeconds = timedelta(seconds=30)
     nats_connect_timeout: PositiveSeconds = timedelta(seconds=5)
+    # Before an outcome event is published, the Redis replicas acknowledge every
+    # write it rests on (WAIT), so a failover to one of them cannot lose it.
+    redis_wait_replicas: ReplicaCount = "auto"
+    redis_wait_timeout_ms: int = Field(1000, ge=1, le=60_000)
+    # Also the primary's own fsync of its append-only file (WAITAOF 1 0, Redis and
+    # Valkey 7.2+): with appendfsync everysec, up to a second more per outcome.
+    redis_wait_aof: bool = False
 
     # --- input limits -------------------------------------------------------------
     max_message_bytes: int = Field(1_048_576, ge=64)

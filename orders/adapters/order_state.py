@@ -17,13 +17,13 @@ both run the same scripts and parse replies with the same functions.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 import redis
 import redis.asyncio
+import redis.exceptions
 
 from orders.adapters import redis_keys as keys
 from orders.domain.model import FailureReason, OrderStatus, Outcome, OutcomeKind
@@ -40,6 +40,7 @@ class Next(StrEnum):
     START = "start"  # send the workflow (run number in the reply)
     ATTACH = "attach"  # a workflow is running: wait for it
     ERRORED = "errored"  # the workflow failed on a transient fault (poll mode only)
+    LOST = "lost"  # Redis has no state for the order (poll mode only): restore it
     PUBLISH = "publish"  # the outcome is decided: publish it
     DONE = "done"  # the outcome event is stored: just ack
 
@@ -51,28 +52,58 @@ class Begin:
     run: int
     error: str = ""
     order_json: str = ""  # the order as first stored (for START and ATTACH)
+    cause: str = ""  # why a START sends: new, retry, stalled, failover
 
+
+# Times in the scripts come from Redis's own clock (``TIME``), never from an
+# argument: the bridge compares ``updated_ms`` written by workers on other hosts,
+# and host clocks disagree. Redis before 5 needs effects replication to write
+# after ``TIME``; later versions always replicate effects.
+_NOW_MS = """
+if redis.replicate_commands then redis.replicate_commands() end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+"""
 
 # The first content seen for an order id is the order: a later message with the
 # same id but other content (a buggy producer) follows the stored one, so
 # two versions can never race each other's effects.
 #
-# KEYS: order   ARGV: now ms, stall ms, mode ('deliver' | 'poll'), order JSON
-# Reply: next, epoch, run, error, stored order JSON (for start and attach)
-_BEGIN = """
+# ``sent_on`` is the Redis server (run id and replication id, as the bridge last
+# saw them) through which the current run was sent. A run sent through another
+# server than today's may have lost its broker messages in a failover to a
+# replica that had not received them: it is sent again at once, not after the
+# stall timeout. Epoch and run "known" are what the bridge remembers of an order
+# it is waiting for; they let a hash that a failover lost be restored without
+# reusing a run number (task ids, and so chord counters, are per run).
+#
+# KEYS: order   ARGV: stall ms, mode ('deliver' | 'poll'), order JSON, server,
+#                     known epoch, known run
+# Reply: next, epoch, run, error, stored order JSON (start and attach), cause of a
+#        start ('new', 'retry', 'stalled', 'failover')
+_BEGIN = (
+    _NOW_MS
+    + """
 local h = KEYS[1]
-local now = tonumber(ARGV[1])
-if redis.call('EXISTS', h) == 0 then
-  redis.call('HSET', h, 'status', 'RECEIVED', 'epoch', 1, 'run', 1, 'charges', 0,
-             'refunds', 0, 'received_ms', now, 'updated_ms', now, 'order', ARGV[4])
-  return {'start', 1, 1, '', ARGV[4]}
+local stall_ms, mode, server = tonumber(ARGV[1]), ARGV[2], ARGV[4]
+local known_epoch, known_run = tonumber(ARGV[5]) or 0, tonumber(ARGV[6]) or 0
+if redis.call('HEXISTS', h, 'epoch') == 0 then
+  -- Someone waiting on this order must not create it without its content.
+  if mode == 'poll' then return {'lost', known_epoch, known_run, ''} end
+  local epoch, run = math.max(known_epoch, 1), known_run + 1
+  redis.call('HSET', h, 'status', 'RECEIVED', 'epoch', epoch, 'run', run, 'received_ms', now,
+             'updated_ms', now, 'order', ARGV[3], 'sent_on', server)
+  -- A late step of a lost run may have counted a payment already.
+  redis.call('HSETNX', h, 'charges', 0)
+  redis.call('HSETNX', h, 'refunds', 0)
+  return {'start', epoch, run, '', ARGV[3], known_run > 0 and 'failover' or 'new'}
 end
 local f = redis.call('HMGET', h, 'published', 'outcome', 'dead', 'error', 'updated_ms',
-                     'epoch', 'run')
+                     'epoch', 'run', 'sent_on')
 local epoch, run = tonumber(f[6]) or 1, tonumber(f[7]) or 0
 if f[1] and f[1] ~= '' then return {'done', epoch, run, ''} end
 if f[2] and f[2] ~= '' then return {'publish', epoch, run, ''} end
-if ARGV[3] == 'poll' then
+if mode == 'poll' then
   -- Someone is waiting on this run: report failures, never start a new epoch.
   if f[3] == '1' then return {'errored', epoch, run, 'order was dead-lettered'} end
   if f[4] and f[4] ~= '' then return {'errored', epoch, run, f[4]} end
@@ -80,69 +111,90 @@ end
 if f[3] == '1' then
   epoch = epoch + 1
   redis.call('HSET', h, 'epoch', epoch, 'run', 1, 'dead', '', 'error', '', 'status',
-             'RECEIVED', 'reason', '', 'detail', '', 'updated_ms', now)
-  return {'start', epoch, 1, '', redis.call('HGET', h, 'order') or ARGV[4]}
+             'RECEIVED', 'reason', '', 'detail', '', 'updated_ms', now, 'sent_on', server)
+  return {'start', epoch, 1, '', redis.call('HGET', h, 'order') or ARGV[3], 'new'}
 end
--- A stalled run is sent again, each time after twice as long (up to 8x): when the
--- workers are merely behind, re-sends must not pile more work on their queues.
-local stall = tonumber(ARGV[2]) * 2 ^ math.min(math.max(run - 1, 0), 3)
-if (f[4] and f[4] ~= '') or now - (tonumber(f[5]) or 0) > stall then
-  run = run + 1
-  redis.call('HSET', h, 'run', run, 'error', '', 'updated_ms', now)
-  return {'start', epoch, run, '', redis.call('HGET', h, 'order') or ARGV[4]}
+local cause = nil
+if server ~= '' and f[8] and f[8] ~= '' and f[8] ~= server then
+  cause = 'failover'
+elseif f[4] and f[4] ~= '' then
+  cause = 'retry'
+else
+  -- A stalled run is sent again, each time after twice as long (up to 8x): when the
+  -- workers are merely behind, re-sends must not pile more work on their queues.
+  local stall = stall_ms * 2 ^ math.min(math.max(run - 1, 0), 3)
+  if now - (tonumber(f[5]) or 0) > stall then cause = 'stalled' end
 end
-return {'attach', epoch, run, '', redis.call('HGET', h, 'order') or ARGV[4]}
+if cause then
+  run = math.max(run, known_run) + 1
+  redis.call('HSET', h, 'run', run, 'error', '', 'updated_ms', now, 'sent_on', server)
+  return {'start', epoch, run, '', redis.call('HGET', h, 'order') or ARGV[3], cause}
+end
+return {'attach', epoch, run, '', redis.call('HGET', h, 'order') or ARGV[3]}
 """
+)
 
-# KEYS: order   ARGV: epoch, now ms.  Progress marker; RECEIVED becomes PROCESSING.
 # One round trip per task start: count the start of this task id (to bound tasks
-# that kill their worker, see ``start_task``) and mark the order's progress.
-# KEYS: order, task starts   ARGV: epoch, now, starts ttl
-_START_TASK = """
+# that kill their worker, see ``start_task``) and mark the order's progress
+# (RECEIVED becomes PROCESSING).
+# KEYS: order, task starts   ARGV: epoch, starts ttl
+_START_TASK = (
+    _NOW_MS
+    + """
 local starts = redis.call('INCR', KEYS[2])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
 if redis.call('HGET', KEYS[1], 'epoch') == ARGV[1] then
   if redis.call('HGET', KEYS[1], 'status') == 'RECEIVED' then
     redis.call('HSET', KEYS[1], 'status', 'PROCESSING')
   end
-  redis.call('HSET', KEYS[1], 'updated_ms', ARGV[2])
+  redis.call('HSET', KEYS[1], 'updated_ms', now)
 end
 return starts
 """
+)
 
-# KEYS: order, completions   ARGV: epoch, now, maxlen, kind, status, reason, detail,
+# KEYS: order, completions   ARGV: epoch, maxlen, kind, status, reason, detail,
 #                                   payment_id, total_minor, currency, order_id
-_FINALIZE = """
+_FINALIZE = (
+    _NOW_MS
+    + """
 local f = redis.call('HMGET', KEYS[1], 'epoch', 'outcome', 'dead')
 if f[1] ~= ARGV[1] or (f[2] and f[2] ~= '') or f[3] == '1' then return 0 end
-redis.call('HSET', KEYS[1], 'outcome', ARGV[4], 'status', ARGV[5], 'reason', ARGV[6],
-           'detail', ARGV[7], 'payment_id', ARGV[8], 'total_minor', ARGV[9],
-           'currency', ARGV[10], 'error', '', 'updated_ms', ARGV[2])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'order_id',
+redis.call('HSET', KEYS[1], 'outcome', ARGV[3], 'status', ARGV[4], 'reason', ARGV[5],
+           'detail', ARGV[6], 'payment_id', ARGV[7], 'total_minor', ARGV[8],
+           'currency', ARGV[9], 'error', '', 'updated_ms', now)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'order_id',
            ARGV[#ARGV], 'event', 'outcome')
 return 1
 """
+)
 
-# KEYS: order, completions   ARGV: epoch, now, maxlen, detail, order_id
-_RECORD_ERROR = """
+# KEYS: order, completions   ARGV: epoch, maxlen, detail, order_id
+_RECORD_ERROR = (
+    _NOW_MS
+    + """
 local f = redis.call('HMGET', KEYS[1], 'epoch', 'outcome', 'dead')
 if f[1] ~= ARGV[1] or (f[2] and f[2] ~= '') or f[3] == '1' then return 0 end
-redis.call('HSET', KEYS[1], 'error', ARGV[4], 'updated_ms', ARGV[2])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'order_id',
+redis.call('HSET', KEYS[1], 'error', ARGV[3], 'updated_ms', now)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'order_id',
            ARGV[#ARGV], 'event', 'error')
 return 1
 """
+)
 
-# KEYS: order, completions   ARGV: epoch, now, maxlen, detail, order_id.  0 when an outcome won.
-_ABANDON = """
+# KEYS: order, completions   ARGV: epoch, maxlen, detail, order_id.  0 when an outcome won.
+_ABANDON = (
+    _NOW_MS
+    + """
 local f = redis.call('HMGET', KEYS[1], 'epoch', 'outcome')
 if f[1] ~= ARGV[1] or (f[2] and f[2] ~= '') then return 0 end
 redis.call('HSET', KEYS[1], 'dead', '1', 'status', 'FAILED', 'reason', 'DEAD_LETTERED',
-           'detail', ARGV[4], 'error', '', 'updated_ms', ARGV[2])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'order_id',
+           'detail', ARGV[3], 'error', '', 'updated_ms', now)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'order_id',
            ARGV[#ARGV], 'event', 'abandoned')
 return 1
 """
+)
 
 # KEYS: order, ledger   ARGV: 'charges' | 'refunds', ledger entry.  Counts each payment once.
 _COUNT_PAYMENT = """
@@ -152,6 +204,24 @@ if redis.call('HSETNX', KEYS[2], ARGV[2], '1') == 1 then
 end
 return 0
 """
+
+
+# The order's state, read for publishing its outcome (or its dead letter). With
+# ``ARGV[1] == '1'``, also a write of the caller's own (``confirmed_ms``): a ``WAIT``
+# on the same connection then covers every write before it in the replication
+# stream, those of the workers that recorded the outcome included (Redis 7.2+
+# waits for a connection's last *write*, earlier versions for its last command).
+# KEYS: order   ARGV: '1' to write, else '0'.   Reply: HGETALL's flat list
+_CONFIRM = (
+    _NOW_MS
+    + """
+local fields = redis.call('HGETALL', KEYS[1])
+if ARGV[1] == '1' and #fields > 0 then
+  redis.call('HSET', KEYS[1], 'confirmed_ms', now)
+end
+return fields
+"""
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,10 +251,6 @@ class OrderView:
         }
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 def _begin(reply: list[Any]) -> Begin:
     return Begin(
         next=Next(reply[0]),
@@ -192,13 +258,13 @@ def _begin(reply: list[Any]) -> Begin:
         run=int(reply[2]),
         error=reply[3],
         order_json=reply[4] if len(reply) > 4 else "",
+        cause=reply[5] if len(reply) > 5 else "",
     )
 
 
 def _finalize_args(epoch: int, outcome: Outcome) -> list[Any]:
     return [
         epoch,
-        _now_ms(),
         keys.COMPLETIONS_MAXLEN,
         outcome.kind.value,
         outcome.status.value,
@@ -265,7 +331,7 @@ class OrderState:
         return int(
             self._start_task(
                 keys=[keys.order(order_id), keys.task_starts(task_id)],
-                args=[epoch, _now_ms(), _TASK_STARTS_TTL_S],
+                args=[epoch, _TASK_STARTS_TTL_S],
             )
         )
 
@@ -282,7 +348,7 @@ class OrderState:
         return bool(
             self._record_error(
                 keys=[keys.order(order_id), keys.COMPLETIONS_STREAM],
-                args=[epoch, _now_ms(), keys.COMPLETIONS_MAXLEN, detail, order_id],
+                args=[epoch, keys.COMPLETIONS_MAXLEN, detail, order_id],
             )
         )
 
@@ -311,20 +377,35 @@ class AsyncOrderState:
         self._begin = client.register_script(_BEGIN)
         self._finalize = client.register_script(_FINALIZE)
         self._abandon = client.register_script(_ABANDON)
+        self._confirm = client.register_script(_CONFIRM)
 
     async def begin(
-        self, order_id: str, stall_timeout_s: float, *, poll: bool = False, order_json: str = ""
+        self,
+        order_id: str,
+        stall_timeout_s: float,
+        *,
+        poll: bool = False,
+        order_json: str = "",
+        server: str = "",
+        known: tuple[int, int] = (0, 0),
     ) -> Begin:
         """Decide what to do with a delivery of ``order_json`` (``poll=False``) or with
         an order being waited on (``poll=True``: a failed workflow is reported, not
-        restarted)."""
+        restarted; a missing state is reported as ``LOST``, not created).
+
+        ``server`` is the identity of the Redis server as the bridge last saw it
+        (see ``bridge.redis_watch``): a run sent through another one is sent again.
+        ``known`` is the (epoch, run) the bridge is waiting for, so that a state a
+        failover lost is restored without reusing a run number.
+        """
         reply = await self._begin(
             keys=[keys.order(order_id)],
             args=[
-                _now_ms(),
                 int(stall_timeout_s * 1000),
                 "poll" if poll else "deliver",
                 order_json,
+                server,
+                *known,
             ],
         )
         return _begin(reply)
@@ -344,9 +425,49 @@ class AsyncOrderState:
         return bool(
             await self._abandon(
                 keys=[keys.order(order_id), keys.COMPLETIONS_STREAM],
-                args=[epoch, _now_ms(), keys.COMPLETIONS_MAXLEN, detail, order_id],
+                args=[epoch, keys.COMPLETIONS_MAXLEN, detail, order_id],
             )
         )
+
+    async def confirm(
+        self, order_ids: list[str], *, replicas: int, aof: bool, timeout_ms: int
+    ) -> tuple[list[OrderView | None], int, bool]:
+        """The state of ``order_ids`` and how far the writes it rests on are replicated,
+        in one round trip: :data:`_CONFIRM` per order, then ``WAIT replicas`` (when
+        ``replicas > 0``) and ``WAITAOF 1 0`` (when ``aof``) on the same connection.
+
+        Returns the views, the replicas that acknowledged (``replicas`` itself when
+        none were asked for) and whether the primary's fsync was confirmed
+        (``True`` when not asked for)."""
+        write = "1" if replicas > 0 or aof else "0"
+        try:
+            replies = await self._confirm_round_trip(order_ids, write, replicas, aof, timeout_ms)
+        except redis.exceptions.NoScriptError:
+            # A server that never saw the script: one that was failed over to.
+            await self._redis.script_load(_CONFIRM)
+            replies = await self._confirm_round_trip(order_ids, write, replicas, aof, timeout_ms)
+        views = [
+            _view(order_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+            for order_id, flat in zip(order_ids, replies, strict=False)
+        ]
+        rest = replies[len(order_ids) :]
+        acked = int(rest.pop(0)) if replicas > 0 else replicas
+        fsynced = bool(int(rest.pop(0)[0])) if aof else True
+        return views, acked, fsynced
+
+    async def _confirm_round_trip(
+        self, order_ids: list[str], write: str, replicas: int, aof: bool, timeout_ms: int
+    ) -> list[Any]:
+        # EVALSHA by hand: a pipeline given registered scripts asks SCRIPT EXISTS
+        # first, a second round trip on every call.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for order_id in order_ids:
+                pipe.evalsha(self._confirm.sha, 1, keys.order(order_id), write)
+            if replicas > 0:
+                pipe.execute_command("WAIT", replicas, timeout_ms)
+            if aof:
+                pipe.execute_command("WAITAOF", 1, 0, timeout_ms)
+            return list(await pipe.execute())
 
     async def mark_unsent(self, order_id: str) -> None:
         """The workflow could not be sent: the next delivery must send it, not wait

@@ -36,6 +36,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from bridge import codec
 from bridge.metrics import BridgeMetrics
 from bridge.processor import Deps, OrderProcessor
+from bridge.redis_watch import ReplicasBehind
 from bridge.topology import SERVER_DELIVERY_GRACE
 from orders import names
 from orders.adapters.order_state import DEAD_LETTERED, Begin, Next, OrderView, _view
@@ -179,22 +180,35 @@ class FakeState:
     # -- the bridge's API ------------------------------------------------------------
 
     async def begin(
-        self, order_id: str, stall_timeout_s: float, *, poll: bool = False, order_json: str = ""
+        self,
+        order_id: str,
+        stall_timeout_s: float,
+        *,
+        poll: bool = False,
+        order_json: str = "",
+        server: str = "",
+        known: tuple[int, int] = (0, 0),
     ) -> Begin:
         now = _now_ms()
         h = self.hashes.get(order_id)
-        if h is None:
+        if h is None or "epoch" not in h:
+            if poll:
+                return Begin(Next.LOST, *known)
+            epoch, run = max(known[0], 1), known[1] + 1
             self.hashes[order_id] = {
                 "status": "RECEIVED",
-                "epoch": "1",
-                "run": "1",
+                "epoch": str(epoch),
+                "run": str(run),
                 "charges": "0",
                 "refunds": "0",
                 "received_ms": str(now),
                 "updated_ms": str(now),
                 "order": order_json,
+                "sent_on": server,
+                **(h or {}),
             }
-            return Begin(Next.START, 1, 1, "", order_json)
+            cause = "failover" if known[1] else "new"
+            return Begin(Next.START, epoch, run, "", order_json, cause)
         stored = h.get("order") or order_json
         epoch, run = int(h.get("epoch") or 1), int(h.get("run") or 0)
         if h.get("published"):
@@ -209,13 +223,20 @@ class FakeState:
         if h.get("dead") == "1":
             epoch += 1
             h.update(epoch=str(epoch), run="1", dead="", error="", status="RECEIVED")
-            h.update(reason="", detail="", updated_ms=str(now))
-            return Begin(Next.START, epoch, 1, "", stored)
+            h.update(reason="", detail="", updated_ms=str(now), sent_on=server)
+            return Begin(Next.START, epoch, 1, "", stored, "new")
         stall_ms = int(stall_timeout_s * 1000) * 2 ** min(max(run - 1, 0), 3)
-        if h.get("error") or now - int(h.get("updated_ms") or 0) > stall_ms:
-            run += 1
-            h.update(run=str(run), error="", updated_ms=str(now))
-            return Begin(Next.START, epoch, run, "", stored)
+        cause = ""
+        if server and h.get("sent_on") and h["sent_on"] != server:
+            cause = "failover"
+        elif h.get("error"):
+            cause = "retry"
+        elif now - int(h.get("updated_ms") or 0) > stall_ms:
+            cause = "stalled"
+        if cause:
+            run = max(run, known[1]) + 1
+            h.update(run=str(run), error="", updated_ms=str(now), sent_on=server)
+            return Begin(Next.START, epoch, run, "", stored, cause)
         return Begin(Next.ATTACH, epoch, run, "", stored)
 
     async def finalize(self, epoch: int, outcome: Outcome) -> bool:
@@ -284,6 +305,31 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class FakeWatch:
+    """``RedisWatch``: the identity of the Redis server the bridge talks to."""
+
+    def __init__(self) -> None:
+        self.identity = "server-a/replid-a"
+
+
+class FakeBarrier:
+    """``OutcomeBarrier`` over :class:`FakeState`: the replicas acknowledge at once,
+    unless ``behind`` says for how many more calls they do not (``-1``: never)."""
+
+    def __init__(self, state: FakeState, events: list[str]) -> None:
+        self.behind = 0
+        self._state = state
+        self._events = events
+
+    async def confirm(self, order_id: str) -> OrderView | None:
+        if self.behind:
+            self.behind -= 1 if self.behind > 0 else 0
+            self._events.append("replicas behind")
+            raise ReplicasBehind("0 of 1 Redis replicas acknowledged within 1000 ms")
+        self._events.append("replicated")
+        return await self._state.view(order_id)
+
+
 @dataclass(frozen=True)
 class Sent:
     kind: str  # "workflow" | "compensation"
@@ -329,12 +375,16 @@ class World:
         self.js = FakeJetStream(self.events)
         self.watcher = FakeWatcher()
         self.state = FakeState(self.watcher, self.events)
+        self.watch = FakeWatch()
+        self.barrier = FakeBarrier(self.state, self.events)
         self.dispatcher = FakeDispatcher(self.events)
         self.metrics = BridgeMetrics()
         self.processor = OrderProcessor(
             Deps(
                 js=cast(Any, self.js),
                 state=cast(Any, self.state),
+                watch=cast(Any, self.watch),
+                barrier=cast(Any, self.barrier),
                 watcher=cast(Any, self.watcher),
                 dispatcher=cast(Any, self.dispatcher),
                 celery=create_app(self.settings),
@@ -457,7 +507,7 @@ def test_invalid_order_fails_at_once_without_a_workflow() -> None:
     msg = w.deliver(order_bytes(items=()))
 
     assert msg.disposition() == "ack"
-    assert w.events == [f"publish {names.SUBJECT_FAILED}", "mark_published", "ack"]
+    assert w.events == ["replicated", f"publish {names.SUBJECT_FAILED}", "mark_published", "ack"]
     failed = the_outcome(w, OutcomeKind.FAILED)
     assert failed["reason"] == FailureReason.INVALID_ORDER.value
     assert failed["detail"] == "order has no items"
@@ -473,6 +523,7 @@ def test_valid_order_runs_its_workflow_once_and_acks_after_the_outcome_is_stored
     assert msg.disposition() == "ack"
     assert w.events == [
         "send workflow",
+        "replicated",
         f"publish {names.SUBJECT_COMPLETED}",
         "mark_published",
         "ack",
@@ -516,7 +567,7 @@ def test_outcome_decided_but_not_published_is_published_without_a_workflow() -> 
     msg = w.deliver(order_bytes(), delivered=2)
 
     assert msg.disposition() == "ack"
-    assert w.events == [f"publish {names.SUBJECT_COMPLETED}", "mark_published", "ack"]
+    assert w.events == ["replicated", f"publish {names.SUBJECT_COMPLETED}", "mark_published", "ack"]
     assert w.dispatcher.sent == []
 
 
@@ -533,7 +584,7 @@ def test_outcome_that_jetstream_does_not_store_is_nakd_then_published_on_redeliv
     msg = w.deliver(order_bytes(), delivered=2)
 
     assert msg.disposition() == "ack"
-    assert w.events == [f"publish {names.SUBJECT_COMPLETED}", "mark_published", "ack"]
+    assert w.events == ["replicated", f"publish {names.SUBJECT_COMPLETED}", "mark_published", "ack"]
     assert len(w.dispatcher.sent) == 1  # the decided outcome, not a second workflow
 
 
@@ -548,6 +599,7 @@ def test_outcome_refused_for_a_while_is_retried_in_place_without_spending_a_deli
     assert msg.disposition() == "ack"
     assert w.events == [
         "send workflow",
+        "replicated",
         f"publish {names.SUBJECT_COMPLETED} (failed)",
         f"publish {names.SUBJECT_COMPLETED} (failed)",
         f"publish {names.SUBJECT_COMPLETED}",
@@ -563,6 +615,116 @@ def test_dead_letter_refused_for_a_while_is_retried_in_place() -> None:
 
     assert msg.disposition() == "term"
     the_dead_letter(w, deliveries=1)
+
+
+# --- Redis replicas and failover -----------------------------------------------------
+
+
+def test_outcome_waits_in_place_for_lagging_replicas_and_is_published_once_they_confirm() -> None:
+    w = World(settings=SETTINGS.model_copy(update={"publish_retry_window": timedelta(seconds=5)}))
+    w.workers_complete()
+    w.barrier.behind = 2
+    msg = w.deliver(order_bytes())
+
+    assert msg.disposition() == "ack"
+    assert w.events == [
+        "send workflow",
+        "replicas behind",
+        "replicas behind",
+        "replicated",
+        f"publish {names.SUBJECT_COMPLETED}",
+        "mark_published",
+        "ack",
+    ]
+
+
+def test_outcome_the_replicas_never_confirm_is_not_published_and_the_delivery_is_nakd() -> None:
+    w = World()
+    w.workers_complete()
+    w.barrier.behind = -1
+    msg = w.deliver(order_bytes())
+
+    assert msg.disposition() == "nak"
+    assert w.js.published == [] and not w.view().published
+    assert w.view().outcome == COMPLETED  # decided, held back until the replicas have it
+
+    w.barrier.behind = 0
+    msg = w.deliver(order_bytes(), delivered=2)
+    assert msg.disposition() == "ack"
+    assert len(w.dispatcher.sent) == 1
+    the_outcome(w, OutcomeKind.COMPLETED)
+
+
+def test_a_redis_failover_re_sends_the_workflow_at_once_not_after_the_stall_timeout() -> None:
+    """The broker messages of a run sent through the old primary may be gone."""
+    w = World(settings=SETTINGS.model_copy(update={"workflow_stall_timeout": timedelta(hours=1)}))
+
+    def workers(sent: Sent) -> None:
+        if sent.run == 1:  # its messages die with the primary; the bridge notices
+            w.watch.identity = "server-b/replid-b"
+            asyncio.get_running_loop().call_soon(w.watcher.wake, ORDER_ID)
+        else:
+            w.state.finish(sent.epoch, COMPLETED)
+
+    w.dispatcher.on_workflow = workers
+    msg = w.deliver(order_bytes())
+
+    assert msg.disposition() == "ack"
+    assert w.dispatcher.sent == [Sent("workflow", 1, 1), Sent("workflow", 1, 2)]
+    assert (
+        w.metrics.registry.get_sample_value(
+            "orders_bridge_workflows_sent_total", {"cause": "failover"}
+        )
+        == 1
+    )
+    the_outcome(w, OutcomeKind.COMPLETED)
+
+
+def test_a_redelivery_after_a_failover_re_sends_a_run_sent_through_the_old_server() -> None:
+    w = World(settings=SETTINGS.model_copy(update={"workflow_stall_timeout": timedelta(hours=1)}))
+    asyncio.run(w.state.begin(ORDER_ID, 3600, server=w.watch.identity))  # then the bridge died
+    w.watch.identity = "server-b/replid-b"
+    w.workers_complete()
+
+    msg = w.deliver(order_bytes(), delivered=2)
+
+    assert msg.disposition() == "ack"
+    assert w.dispatcher.sent == [Sent("workflow", 1, 2)]
+
+
+def test_state_a_failover_lost_is_restored_with_a_new_run_and_the_order_completes() -> None:
+    w = World(settings=SETTINGS.model_copy(update={"workflow_stall_timeout": timedelta(hours=1)}))
+
+    def workers(sent: Sent) -> None:
+        if sent.run == 1:  # the new primary never heard of the order
+            del w.state.hashes[ORDER_ID]
+            asyncio.get_running_loop().call_soon(w.watcher.wake, ORDER_ID)
+        else:
+            w.state.finish(sent.epoch, COMPLETED)
+
+    w.dispatcher.on_workflow = workers
+    msg = w.deliver(order_bytes())
+
+    assert msg.disposition() == "ack"
+    assert w.dispatcher.sent == [Sent("workflow", 1, 1), Sent("workflow", 1, 2)]
+    assert w.view().order_json  # restored with the order's content
+    the_outcome(w, OutcomeKind.COMPLETED)
+
+
+def test_an_outcome_gone_before_it_is_replicated_is_not_published() -> None:
+    w = World()
+    w.workers_complete()
+    original = w.barrier.confirm
+
+    async def failed_over(order_id: str) -> OrderView | None:
+        w.state.hashes[order_id].pop("outcome")  # the new primary had not received it
+        return await original(order_id)
+
+    w.barrier.confirm = failed_over  # type: ignore[method-assign]
+    msg = w.deliver(order_bytes())
+
+    assert msg.disposition() == "nak"
+    assert w.js.published == []
 
 
 # --- transient failures: nak, then give up -----------------------------------------
@@ -592,6 +754,7 @@ def test_workflow_error_at_the_last_delivery_compensates_and_dead_letters() -> N
         "send workflow",
         "abandon",
         "send compensation",
+        "replicated",
         f"publish {names.SUBJECT_DLQ_CREATED}",
         "term",
     ]
@@ -618,6 +781,7 @@ def test_a_delivery_past_the_last_finishes_an_earlier_give_up_without_a_new_work
     assert w.events == [
         "abandon",
         "send compensation",
+        "replicated",
         f"publish {names.SUBJECT_DLQ_CREATED}",
         "term",
     ]
@@ -647,7 +811,7 @@ def test_giving_up_publishes_an_outcome_recorded_meanwhile_instead_of_dead_lette
     msg = w.deliver(order_bytes(), MAX_DELIVERIES + 1)
 
     assert msg.disposition() == "ack"
-    assert w.events == [f"publish {names.SUBJECT_COMPLETED}", "mark_published", "ack"]
+    assert w.events == ["replicated", f"publish {names.SUBJECT_COMPLETED}", "mark_published", "ack"]
     assert w.dispatcher.of_kind("compensation") == []
 
 
@@ -661,6 +825,7 @@ def test_an_outcome_that_wins_the_race_with_abandon_is_published() -> None:
     assert msg.disposition() == "ack"
     assert w.events == [
         "send workflow",
+        "replicated",
         f"publish {names.SUBJECT_COMPLETED}",
         "mark_published",
         "ack",

@@ -1,0 +1,192 @@
+"""The Redis server behind ``REDIS_URL``, as the bridge sees it: which server it is,
+and how many replicas must hold a write before an outcome may be published.
+
+Managed Redis fails over behind one address: the replica is promoted, and
+whatever it had not received yet is gone, broker messages included. Two things
+follow, and both live here:
+
+- :class:`RedisWatch` asks the server every second who it is (``run_id`` and
+  replication id) and how many replicas are online. A new identity is a
+  failover or a restart: the bridge re-checks every order it is waiting for at
+  once (``on_change``), and the ledger re-sends every run that was sent through
+  the previous server, instead of waiting for ``WORKFLOW_STALL_TIMEOUT``.
+- :class:`OutcomeBarrier` reads an order's outcome for publishing and, on the
+  same connection, ``WAIT``\\ s until the replicas acknowledge every write before
+  it (and ``WAITAOF`` for the primary's fsync, when asked). Orders that finish
+  together share one round trip: requests that arrive while one is in flight
+  go out together in the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio
+from redis.exceptions import RedisError
+
+from bridge.metrics import BridgeMetrics
+from orders.adapters.order_state import AsyncOrderState, OrderView
+from orders.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CHECK_INTERVAL_S = 1.0
+# Orders confirmed in one round trip, at most.
+BARRIER_BATCH_MAX = 256
+# After replicas failed to confirm, fetching pauses this long (renewed by every
+# failure): new orders could not be finished either.
+BEHIND_PAUSE_S = 2.0
+
+
+class ReplicasBehind(Exception):
+    """The replicas did not acknowledge in time: the outcome must not be published yet."""
+
+
+class RedisWatch:
+    """Identity and replicas of the Redis server, refreshed every :data:`CHECK_INTERVAL_S`."""
+
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        settings: Settings,
+        metrics: BridgeMetrics,
+        on_change: Callable[[], None],
+    ) -> None:
+        self._redis = client
+        self._wanted = settings.redis_wait_replicas
+        self._want_aof = settings.redis_wait_aof
+        self._metrics = metrics
+        self._on_change = on_change
+        self.identity = ""  # "<run_id>/<replication id>", "" until first seen
+        self.online_replicas = 0
+        self.waitaof = False  # the server has WAITAOF and its append-only file is on
+
+    @property
+    def replicas_to_wait_for(self) -> int:
+        return self.online_replicas if self._wanted == "auto" else self._wanted
+
+    async def run(self) -> None:
+        """Refresh until cancelled; a server that does not answer keeps what was known."""
+        while True:
+            with contextlib.suppress(RedisError, OSError):
+                await self.refresh()
+            await asyncio.sleep(CHECK_INTERVAL_S)
+
+    async def refresh(self) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.info("server")
+            pipe.info("replication")
+            if self._want_aof:
+                pipe.info("persistence")
+            replies: list[dict[str, Any]] = await pipe.execute()
+        server, replication = replies[0], replies[1]
+        identity = f"{server.get('run_id', '')}/{replication.get('master_replid', '')}"
+        # Replicas still in their first sync do not acknowledge offsets yet.
+        self.online_replicas = sum(
+            1 for key, value in replication.items() if key.startswith("slave") and _online(value)
+        )
+        self._metrics.redis_replicas.set(self.replicas_to_wait_for)
+        if self._want_aof:
+            self.waitaof = _has_waitaof(server) and bool(replies[2].get("aof_enabled"))
+        previous, self.identity = self.identity, identity
+        if previous and identity != previous:
+            log.warning(
+                "the Redis server changed (failover or restart: %s -> %s); re-checking every "
+                "order in flight",
+                previous,
+                identity,
+            )
+            self._metrics.redis_server_changes.inc()
+            self._on_change()
+
+
+def _online(replica: object) -> bool:
+    return isinstance(replica, dict) and replica.get("state") == "online"
+
+
+def _has_waitaof(server: dict[str, Any]) -> bool:
+    # Valkey reports redis_version 7.2.4 for compatibility, and has WAITAOF since.
+    version = str(server.get("redis_version", "0"))
+    parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    return parts >= (7, 2)
+
+
+class OutcomeBarrier:
+    """An order's state for publishing, once the replicas hold what it rests on."""
+
+    def __init__(
+        self,
+        state: AsyncOrderState,
+        watch: RedisWatch,
+        settings: Settings,
+        metrics: BridgeMetrics,
+    ) -> None:
+        self._state = state
+        self._watch = watch
+        self._timeout_ms = settings.redis_wait_timeout_ms
+        self._want_aof = settings.redis_wait_aof
+        self._metrics = metrics
+        self._pending: list[tuple[str, asyncio.Future[OrderView | None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._behind_until = 0.0
+        self.problem = ""
+
+    @property
+    def behind(self) -> bool:
+        """Replicas failed to confirm a moment ago (the consumer pauses fetching)."""
+        return time.monotonic() < self._behind_until
+
+    async def confirm(self, order_id: str) -> OrderView | None:
+        """The order's view, after every write before it reached the replicas that
+        :class:`RedisWatch` says to wait for. Raises :class:`ReplicasBehind` when
+        they do not acknowledge within ``REDIS_WAIT_TIMEOUT_MS``, and Redis errors."""
+        future: asyncio.Future[OrderView | None] = asyncio.get_running_loop().create_future()
+        self._pending.append((order_id, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="outcome-barrier")
+        return await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch = self._pending[:BARRIER_BATCH_MAX]
+            del self._pending[:BARRIER_BATCH_MAX]
+            replicas = self._watch.replicas_to_wait_for
+            aof = self._want_aof and self._watch.waitaof
+            started = time.monotonic()
+            try:
+                views, acked, fsynced = await self._state.confirm(
+                    [order_id for order_id, _ in batch],
+                    replicas=replicas,
+                    aof=aof,
+                    timeout_ms=self._timeout_ms,
+                )
+            except Exception as exc:  # every waiter of the batch gets it
+                _settle(batch, exc)
+                continue
+            if replicas or aof:
+                self._metrics.redis_wait.observe(time.monotonic() - started)
+            if acked < replicas or not fsynced:
+                self._behind_until = time.monotonic() + BEHIND_PAUSE_S
+                self.problem = (
+                    f"{acked} of {replicas} Redis replicas acknowledged within "
+                    f"{self._timeout_ms} ms" + ("" if fsynced else "; the primary's fsync did not")
+                )
+                self._metrics.redis_replicas_behind.inc()
+                _settle(batch, ReplicasBehind(self.problem))
+                continue
+            self._behind_until = 0.0
+            self.problem = ""
+            for (_order_id, future), view in zip(batch, views, strict=True):
+                if not future.done():
+                    future.set_result(view)
+
+
+def _settle(batch: list[tuple[str, asyncio.Future[OrderView | None]]], exc: Exception) -> None:
+    for _order_id, future in batch:
+        if not future.done():
+            future.set_exception(exc)
