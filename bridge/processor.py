@@ -188,6 +188,8 @@ class OrderProcessor:
                 )
                 if poll.next is Next.LOST:
                     log.warning("order %s: Redis lost its state (a failover?); restoring", order_id)
+                    # Restored as sent through the server Redis is now, not the old one.
+                    server = await d.watch.current_identity()
                     poll = await d.state.begin(
                         order_id, self._stall_s, order_json=order_json, server=server, known=known
                     )

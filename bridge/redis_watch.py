@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from bridge.metrics import BridgeMetrics
 from orders.adapters.order_state import AsyncOrderState, OrderView
@@ -72,10 +72,28 @@ class RedisWatch:
 
     async def run(self) -> None:
         """Refresh until cancelled; a server that does not answer keeps what was known."""
+        refused = False
         while True:
-            with contextlib.suppress(RedisError, OSError):
+            try:
                 await self.refresh()
+            except ResponseError as exc:
+                if not refused:  # INFO renamed or denied (some managed services)
+                    log.warning(
+                        "Redis refuses INFO (%s): failovers are noticed only by "
+                        "WORKFLOW_STALL_TIMEOUT, and REDIS_WAIT_REPLICAS=auto waits for no "
+                        "replica; set it to the number of replicas",
+                        exc,
+                    )
+                refused = True
+            except (RedisError, OSError):
+                pass
             await asyncio.sleep(CHECK_INTERVAL_S)
+
+    async def current_identity(self) -> str:
+        """The identity asked now rather than up to a second ago (or the last known)."""
+        with contextlib.suppress(RedisError, OSError):
+            await self.refresh()
+        return self.identity
 
     async def refresh(self) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:

@@ -203,6 +203,7 @@ class OutcomeEvent:
     msg_id: str
     seq: int
     fields: dict[str, Any]
+    stored_at: float = 0.0  # JetStream's timestamp, seconds since the epoch
 
 
 @dataclass(frozen=True)
@@ -301,6 +302,7 @@ class Pipeline:
                     msg_id=(msg.headers or {}).get(names.HDR_MSG_ID, ""),
                     seq=msg.metadata.sequence.stream,
                     fields=fields,
+                    stored_at=msg.metadata.timestamp.timestamp(),
                 )
             )
         return events

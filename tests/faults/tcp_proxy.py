@@ -6,6 +6,8 @@
 - :meth:`TcpProxy.heal`: bytes flow again on the same connections.
 - :meth:`TcpProxy.reset_all`: every connection is closed with a TCP reset, as when
   a partition ends with the peers' state gone.
+- :meth:`TcpProxy.retarget`: new connections go to another server, as when a
+  managed service fails over to a replica behind the same address.
 
 New connections are accepted during a blackhole too (and then carry nothing), so
 a reconnect attempt hangs instead of failing fast, like a real partition.
@@ -70,6 +72,11 @@ class TcpProxy:
         """Close every proxied connection with RST; flow is restored for new ones."""
         self._call(self._reset())
         self.heal()
+
+    def retarget(self, target_port: int) -> None:
+        """New connections go to ``target_port``; open ones are reset."""
+        self.target_port = target_port
+        self.reset_all()
 
     @property
     def connections(self) -> int:

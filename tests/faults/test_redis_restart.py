@@ -11,7 +11,14 @@ from __future__ import annotations
 import time
 
 import pytest
-from harness import FaultStack, Proc, Workload, check_invariants, wait_in_flight, wait_ready
+from harness import (
+    FaultStack,
+    Workload,
+    check_invariants,
+    restart_workers_kombu_crashed,
+    wait_in_flight,
+    wait_ready,
+)
 from partition import (
     Probe,
     counts_in,
@@ -22,7 +29,6 @@ from partition import (
 )
 
 from bridge.devservers import wait_until
-from orders.worker import FAILED_STOP_DEADLINE_S
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -70,24 +76,10 @@ def test_redis_sigkilled_mid_flow_and_restarted_from_its_aof(stack: FaultStack) 
             assert down, f"{bridge.name}: no /ready sample while Redis was down"
             assert not any(s.ready == 200 for s in down), f"{bridge.name} ready without Redis"
 
-        # A Celery worker can die on the lost connection itself: kombu's Redis
-        # transport acks a finished task on a channel that lost its connection and
-        # stops with "Unrecoverable error: AttributeError ... 'hostname'" (kombu#582,
-        # a long-standing race). A supervisor (systemd, Kubernetes) restarts it; so
-        # does this test, and the orders must not notice.
-        # Such a worker must exit by itself, within its bounded stop, for the
-        # supervisor to see it (Celery's warm stop after that error can hang).
-        crashed = [w for w in workers if "Unrecoverable error" in _log(w)]
-        wait_until(
-            lambda: not any(w.alive for w in crashed),
-            FAILED_STOP_DEADLINE_S + 20,
-            0.5,
-            "workers that hit an unrecoverable error to exit",
-        )
-        for worker in workers:
-            if not worker.alive:
-                assert worker in crashed, f"{worker} died for another reason"
-                stack.restart(worker)
+        # A Celery worker can die on the lost connection itself (kombu#582); a
+        # supervisor (systemd, Kubernetes) restarts it, so does this test, and the
+        # orders must not notice.
+        crashed = restart_workers_kombu_crashed(stack, workers)
 
         # The workers recover: each finishes tasks again.
         done_before = {w.name: counts_in(w.log, DONE) for w in workers}
@@ -128,7 +120,3 @@ def test_redis_sigkilled_mid_flow_and_restarted_from_its_aof(stack: FaultStack) 
     print(f"workers restarted after kombu's connection-loss crash: {[w.name for w in crashed]}")
     assert first_outcome is not None, f"no outcome within {RECOVER_WITHIN_S:.0f}s of the restart"
     wait_ready(stack)
-
-
-def _log(worker: Proc) -> str:
-    return worker.log.read_text(errors="replace")

@@ -311,6 +311,9 @@ class FakeWatch:
     def __init__(self) -> None:
         self.identity = "server-a/replid-a"
 
+    async def current_identity(self) -> str:
+        return self.identity
+
 
 class FakeBarrier:
     """``OutcomeBarrier`` over :class:`FakeState`: the replicas acknowledge at once,
