@@ -141,7 +141,9 @@ def bench(
     ceiling (consume + ack, no work); a naive Celery chord with trivial tasks;
     the pipeline's orders/s at saturation and its latency at 70% of that; scaling
     with worker processes and a second bridge; memory and CPU with a burst in
-    flight. Prints a table and writes everything to --json.
+    flight; with a Redis replica attached, throughput and latency of bridges that
+    do not wait for it (REDIS_WAIT_REPLICAS=0) and that do (auto). Prints a table
+    and writes everything to --json.
     """
     # Missing tools are reported before the run, not after ten minutes of it.
     try:

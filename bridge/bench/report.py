@@ -51,6 +51,8 @@ def document(
         "worker_peak_rss_mb": resources.get("worker_peak_rss_mb"),
         "cpu_s_per_order": resources.get("cpu_s_per_order")
         or results.get("pipeline", {}).get("cpu_s_per_order"),
+        # Throughput with REDIS_WAIT_REPLICAS=auto over =0, one replica attached to both.
+        "replica_wait_ratio": results.get("replica", {}).get("ratio_auto_vs_off"),
         "targets": {
             "ratio_vs_naive": _target(ratio, TARGET_RATIO_VS_NAIVE, at_least=True),
             "p99_over_p50": _target(p99_over_p50, TARGET_P99_OVER_P50, at_least=False),
@@ -114,7 +116,33 @@ def table(doc: dict[str, Any]) -> Table:
         row("peak RSS", None)
     for role, seconds in (doc["cpu_s_per_order"] or {}).items():
         row(f"CPU per order: {role}", round(seconds * 1000, 2), " ms")
+    for measure, shown in _replica_rows(phases.get("replica")):
+        out.add_row(measure, shown, "")
     return out
+
+
+def _replica_rows(phase: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """Each run of the replica phase in three rows (throughput, its WAITs, latency at
+    a light rate), then the throughput ratio; already formatted, as some pair figures."""
+    if not phase:
+        return [("Redis replica, REDIS_WAIT_REPLICAS", "skipped")]
+    rows: list[tuple[str, str]] = []
+    for name in ("off", "auto"):
+        run = phase[name]
+        setting = f"REDIS_WAIT_REPLICAS={run['redis_wait_replicas']}"
+        rows.append((f"1 Redis replica, {setting}", f"{run['orders_per_s']:,} orders/s"))
+        wait = run["wait"]
+        waits = (
+            f"{wait['round_trips']:,} x {wait['mean_ms']} ms, {wait['orders_per_wait']} orders each"
+            if wait["round_trips"]
+            else "none"
+        )
+        rows.append(("  its WAITs in the burst", waits))
+        if latency := run.get("latency"):
+            figures = f"{latency['p50']} / {latency['p99']} ms"
+            rows.append((f"  its latency p50 / p99 at {latency['offered_rate']} orders/s", figures))
+    rows.append(("1 Redis replica: throughput auto / 0", f"{phase['ratio_auto_vs_off']}"))
+    return rows
 
 
 def profile_table(profile: dict[str, Any], limit: int = 12) -> Table:

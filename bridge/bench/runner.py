@@ -2,14 +2,15 @@
 
 Each pipeline phase starts fresh processes (so a process's peak memory is that
 phase's), warms them up with a few orders that are not timed, measures, and
-stops them. Every phase has its own order ids; the servers are shared.
+stops them. Every phase has its own order ids; the servers are shared. The
+replica phase, last, attaches a Redis replica for itself and detaches it after.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -18,11 +19,11 @@ from typing import Any, Protocol
 from nats.js import JetStreamContext
 
 from bridge.bench import load, profile
-from bridge.bench.phases import jetstream, naive_chord, pipeline, resources
+from bridge.bench.phases import jetstream, naive_chord, pipeline, replica, resources
 from bridge.bench.stack import BENCH_ENV, BenchStack
 from orders.settings import Settings
 
-PHASES = ("jetstream", "naive", "pipeline", "latency", "scaling", "resources")
+PHASES = ("jetstream", "naive", "pipeline", "latency", "scaling", "resources", "replica")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class Plan:
     concurrency: int = 2  # prefork children of the worker, as Celery's default here
     scaling: tuple[int, ...] = (1, 2, 4)
     bridges: int = 2  # the second scaling axis
+    # Light: what the replica phase's latency shows is the WAIT's, not queueing's.
+    replica_latency_rate: float = 10.0
     sample_interval_s: float = 1.0
     skip: frozenset[str] = field(default_factory=frozenset)
     profile_dir: Path | None = None
@@ -72,6 +75,10 @@ class Plan:
         values["pipeline_worker"] = f"orders-worker --pool prefork --concurrency {self.concurrency}"
         values["naive_worker"] = f"celery worker --pool prefork --concurrency {self.concurrency}"
         values["process_env"] = dict(BENCH_ENV)
+        values["replica_phase"] = (
+            f"{replica.REPLICAS} Redis replica attached; bridges with "
+            + ", then ".join(f"REDIS_WAIT_REPLICAS={v}" for v in replica.MODES.values())
+        )
         values["tracing"] = "OTEL_* unset: spans recorded, not exported"
         return values
 
@@ -107,6 +114,8 @@ class Runner:
                 self._scaling()
             if self._wanted("resources"):
                 self._with_pipeline(self.plan.concurrency, 1, self._resources)
+            if self._wanted("replica"):
+                self._replica()
         return self.results
 
     # --- phases -----------------------------------------------------------------------
@@ -161,12 +170,7 @@ class Runner:
                 self.display.note("latency skipped: no peak measured and no --latency-rate")
                 return
             rate = self.plan.latency_fraction * peak
-        count = max(2, round(rate * self.plan.latency_seconds))
-        batch = self._batch("latency", count)
-        with self.display.phase(f"latency at {rate:.0f} orders/s", count) as progress:
-            result = await pipeline.latency(
-                js, self.stack, batch, rate, progress, self._timeout(count)
-            )
+        result = await self._latency_at(js, "latency", rate, f"latency at {rate:.0f} orders/s")
         self.results["latency"] = result
         self.display.note(
             f"latency at {result['offered_rate']} orders/s: p50 {result['p50']} ms, "
@@ -222,7 +226,51 @@ class Runner:
             f"worker peak RSS {result['worker_peak_rss_mb']} MB"
         )
 
+    def _replica(self) -> None:
+        """The cost of REDIS_WAIT_REPLICAS: one replica attached to both runs, so they
+        differ by the WAIT alone, not by the replication stream."""
+        runs: dict[str, dict[str, Any]] = {}
+        with replica.attached(self.stack):
+            for name, setting in replica.MODES.items():
+                runs[name] = self._replica_run(setting)
+        result = replica.summary(runs)
+        self.results["replica"] = result
+        self.display.note(f"1 replica, throughput auto / 0: {result['ratio_auto_vs_off']}")
+
+    def _replica_run(self, setting: str) -> dict[str, Any]:
+        """Throughput, then latency at a light rate, of fresh bridges started with
+        ``REDIS_WAIT_REPLICAS=setting``; each with the WAITs it took."""
+        found: dict[str, Any] = {"redis_wait_replicas": setting}
+        expected = replica.REPLICAS if setting == "auto" else 0
+        label = f"1 replica, REDIS_WAIT_REPLICAS={setting}"
+        rate = self.plan.replica_latency_rate
+
+        async def measure(js: JetStreamContext) -> None:
+            await replica.await_replicas(self.stack, expected)
+            found["replicas_waited_for"] = expected
+            throughput = self._throughput(js, f"replica-{setting}", f"pipeline, {label}")
+            found.update(await replica.counted(self.stack, throughput))
+            tag, description = f"replica-latency-{setting}", f"latency at {rate:g}/s, {label}"
+            latency = self._latency_at(js, tag, rate, description)
+            found["latency"] = await replica.counted(self.stack, latency)
+
+        env = {"REDIS_WAIT_REPLICAS": setting}
+        self._with_pipeline(self.plan.concurrency, 1, measure, bridge_env=env)
+        self.display.note(replica.describe(found))
+        return found
+
     # --- helpers ----------------------------------------------------------------------
+
+    async def _latency_at(
+        self, js: JetStreamContext, tag: str, rate: float, description: str
+    ) -> dict[str, Any]:
+        """Orders offered at ``rate`` for the plan's latency duration."""
+        count = max(2, round(rate * self.plan.latency_seconds))
+        batch = self._batch(tag, count)
+        with self.display.phase(description, count) as progress:
+            return await pipeline.latency(
+                js, self.stack, batch, rate, progress, self._timeout(count)
+            )
 
     async def _throughput(
         self, js: JetStreamContext, tag: str, description: str, *, profiled: bool = False
@@ -248,9 +296,11 @@ class Runner:
         concurrency: int,
         bridges: int,
         work: Callable[[JetStreamContext], Coroutine[Any, Any, None]],
+        bridge_env: Mapping[str, str] | None = None,
     ) -> None:
-        """Fresh processes of the given shape, warmed up, then ``work``; stopped after."""
-        self.stack.start_pipeline(concurrency=concurrency, bridges=bridges)
+        """Fresh processes of the given shape, warmed up, then ``work``; stopped after.
+        ``bridge_env`` is added to the bridges' environment."""
+        self.stack.start_pipeline(concurrency=concurrency, bridges=bridges, bridge_env=bridge_env)
         try:
             asyncio.run(self._warm_then(work))
         finally:

@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +82,9 @@ class BenchStack:
         self.nats = NatsServer(store_dir=log_dir / "nats")
         self.redis = RedisServer(data_dir=log_dir / "redis")
         self.procs: list[Proc] = []
+        # A replica of ``redis`` while the replica phase runs (it starts and stops it);
+        # set here so its CPU is counted with the other servers'.
+        self.replica: RedisServer | None = None
         self._spawned = 0
 
     def __enter__(self) -> BenchStack:
@@ -116,11 +119,17 @@ class BenchStack:
 
     # --- processes ------------------------------------------------------------------
 
-    def start_pipeline(self, *, concurrency: int, bridges: int = 1) -> None:
+    def start_pipeline(
+        self, *, concurrency: int, bridges: int = 1, bridge_env: Mapping[str, str] | None = None
+    ) -> None:
         """One ``orders-worker`` (prefork, ``concurrency`` children) and ``bridges``
-        bridges, started together; returns when every one is ready."""
+        bridges, started together; returns when every one is ready. ``bridge_env`` is
+        added to the bridges' environment (after :data:`BENCH_ENV`): the setting a
+        phase compares, such as ``REDIS_WAIT_REPLICAS``."""
         worker = self._spawn("worker", _worker_command(concurrency, self._hostname("worker")))
-        started = [worker] + [self._spawn("bridge", bridge_command()) for _ in range(bridges)]
+        started = [worker] + [
+            self._spawn("bridge", bridge_command(), env=bridge_env) for _ in range(bridges)
+        ]
         for proc in started:
             self._wait_ready(proc)
 
@@ -166,8 +175,9 @@ class BenchStack:
             "bridge": sum(p.usage().cpu_s for p in self.bridges),
             "workers": sum(p.usage().cpu_s for p in self.workers),
         }
-        for name, server in (("nats", self.nats), ("redis", self.redis)):
-            if server.pid is not None:
+        servers = (("nats", self.nats), ("redis", self.redis), ("redis_replica", self.replica))
+        for name, server in servers:
+            if server is not None and server.pid is not None:
                 cpu[name] = procfs.usage(server.pid).cpu_s
         own = os.times()  # this process alone: a profiler it runs is not the client
         cpu["bench_client"] = own.user + own.system
@@ -179,13 +189,19 @@ class BenchStack:
     def _hostname(self, kind: str) -> str:
         return f"bench-{kind}-{uuid.uuid4().hex[:6]}@%h"
 
-    def _spawn(self, role: str, command: list[str], redis_url: str | None = None) -> Proc:
+    def _spawn(
+        self,
+        role: str,
+        command: list[str],
+        redis_url: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> Proc:
         self._spawned += 1
         name = f"{role}-{self._spawned}"
         log = self.log_dir / f"{name}.log"
         port = free_port()
-        env = child_env(self.nats.url, redis_url or self.redis.url, port, BENCH_ENV)
-        popen = spawn(command, env, log)
+        child = child_env(self.nats.url, redis_url or self.redis.url, port, BENCH_ENV, env or {})
+        popen = spawn(command, child, log)
         proc = Proc(role, name, popen, log, port)
         self.procs.append(proc)
         return proc
@@ -196,6 +212,12 @@ class BenchStack:
             wait_until(lambda: ready(proc), START_TIMEOUT_S, 0.2, f"{proc.name} to be ready")
         except TimeoutError as exc:
             raise ProcessFailed(f"{exc}\n{log_tail(proc.log)}") from None
+
+
+def metrics_text(proc: Proc) -> str:
+    """The Prometheus text a bridge serves on its HTTP port."""
+    with _NO_PROXY.open(f"http://127.0.0.1:{proc.port}/metrics", timeout=5) as response:
+        return response.read().decode()
 
 
 def _worker_command(concurrency: int, hostname: str) -> list[str]:

@@ -14,12 +14,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 pytestmark = [pytest.mark.e2e]
 
-RUN_TIMEOUT_S = 240.0
+# About a minute on an idle machine; the replica phase adds two pipeline runs.
+RUN_TIMEOUT_S = 300.0
 _ORDERS = Path(sys.executable).parent / "orders"
 
 
@@ -87,6 +89,26 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     assert doc["machine"]["cpu_count"] == os.cpu_count()
     assert doc["machine"]["cpu_model"] and doc["machine"]["python"] and doc["machine"]["date"]
     assert doc["parameters"]["orders"] > 0 and doc["parameters"]["burst"] > 0
+    _check_replica(doc)
     assert "pipeline at saturation" in run.stdout  # the table
+    assert "REDIS_WAIT_REPLICAS=auto" in run.stdout
     if can_plot:
         assert plot.stat().st_size > 10_000
+
+
+def _check_replica(doc: dict[str, Any]) -> None:
+    """Both runs with the replica attached measured; only ``auto`` waited for it."""
+    replica = doc["phases"]["replica"]
+    assert _positive(doc["replica_wait_ratio"]), doc["replica_wait_ratio"]
+    assert replica["replicas"] == 1 and _positive(replica["ratio_auto_vs_off"])
+    for name, setting, waited_for in (("off", "0", 0), ("auto", "auto", 1)):
+        run = replica[name]
+        assert run["redis_wait_replicas"] == setting and run["replicas_waited_for"] == waited_for
+        assert _positive(run["orders_per_s"]) and run["orders"] > 0, run
+        assert set(run["wait"]) == {"round_trips", "mean_ms", "orders_per_wait"}, run["wait"]
+        for key in ("p50", "p99", "offered_rate"):
+            assert _positive(run["latency"][key]), (name, key, run["latency"])
+    auto, off = replica["auto"]["wait"], replica["off"]["wait"]
+    assert auto["round_trips"] > 0 and _positive(auto["mean_ms"]), auto
+    assert _positive(auto["orders_per_wait"]), auto
+    assert off == {"round_trips": 0, "mean_ms": None, "orders_per_wait": None}, off
