@@ -34,6 +34,12 @@ def test_contract_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         ("ORDERS_DUPLICATE_WINDOW", "0"),
         # Retries of a publish must end while the duplicate window can still drop them.
         ("PUBLISH_RETRY_WINDOW", "120"),
+        ("REDIS_WAIT_REPLICAS", "-1"),
+        ("REDIS_WAIT_REPLICAS", "abc"),
+        ("REDIS_WAIT_REPLICAS", "1.5"),
+        ("REDIS_WAIT_TIMEOUT_MS", "0"),
+        ("REDIS_WAIT_TIMEOUT_MS", "abc"),
+        ("REDIS_WAIT_AOF", "maybe"),
     ],
 )
 def test_invalid_values_name_the_variable(
@@ -42,6 +48,16 @@ def test_invalid_values_name_the_variable(
     monkeypatch.setenv(variable, value)
     with pytest.raises(ConfigError, match=f"^invalid setting {variable}: "):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("auto", "auto"), (" AUTO ", "auto"), ("0", 0), ("2", 2)]
+)
+def test_redis_wait_replicas_is_auto_or_a_count(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: object
+) -> None:
+    monkeypatch.setenv("REDIS_WAIT_REPLICAS", value)
+    assert load_settings().redis_wait_replicas == expected
 
 
 def test_publish_retries_may_last_as_long_as_a_longer_duplicate_window(
@@ -74,6 +90,7 @@ def test_secrets_are_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
         ("LOG_FORMAT", "xml"),
         ("OTEL_TRACES_EXPORTER", "zipkin"),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("REDIS_WAIT_REPLICAS", "-1"),
     ],
 )
 def test_processes_stop_with_one_line(command: str, variable: str, value: str) -> None:
