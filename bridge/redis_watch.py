@@ -104,6 +104,8 @@ class RedisWatch:
             replies: list[dict[str, Any]] = await pipe.execute()
         server, replication = replies[0], replies[1]
         identity = f"{server.get('run_id', '')}/{replication.get('master_replid', '')}"
+        if _first_backlog(self.identity, identity, replication):
+            identity = self.identity
         # Replicas still in their first sync do not acknowledge offsets yet.
         self.online_replicas = sum(
             1 for key, value in replication.items() if key.startswith("slave") and _online(value)
@@ -121,6 +123,20 @@ class RedisWatch:
             )
             self._metrics.redis_server_changes.inc()
             self._on_change()
+
+
+def _first_backlog(previous: str, identity: str, replication: dict[str, Any]) -> bool:
+    """Whether only the replication id changed because a primary without a backlog got
+    its first replica (Redis then starts a new history: nothing was lost).
+
+    A promotion keeps the old id as ``master_replid2``; a server that was demoted and
+    promoted again within one check has one too, so those still count as changes."""
+    if not previous or previous == identity:
+        return False
+    same_process = previous.partition("/")[0] == identity.partition("/")[0]
+    # redis-py parses an all-zero id as the integer 0.
+    no_history = str(replication.get("master_replid2", "0")).strip("0") == ""
+    return same_process and replication.get("role") == "master" and no_history
 
 
 def _online(replica: object) -> bool:
