@@ -329,18 +329,24 @@ def ready_status(bridge: Proc) -> int | None:
     return endpoint_status(bridge, "/ready")
 
 
-def bridge_in_flight(bridge: Proc) -> int:
-    """Messages the bridge is processing right now (its ``orders_bridge_in_flight``
-    gauge), 0 when it does not answer."""
+def bridge_metric(bridge: Proc, sample: str, **labels: str) -> float:
+    """One sample of the bridge's ``/metrics`` (a counter's name ends in ``_total``),
+    0 when the bridge does not answer or has no such sample."""
     try:
         with _NO_PROXY.open(f"http://127.0.0.1:{bridge.port}/metrics", timeout=3) as response:
             text = response.read().decode()
     except OSError:
-        return 0
+        return 0.0
     for family in text_string_to_metric_families(text):
-        if family.name == "orders_bridge_in_flight":
-            return int(family.samples[0].value)
-    return 0
+        for found in family.samples:
+            if found.name == sample and found.labels == labels:
+                return found.value
+    return 0.0
+
+
+def bridge_in_flight(bridge: Proc) -> int:
+    """Messages the bridge is processing right now (its ``orders_bridge_in_flight`` gauge)."""
+    return int(bridge_metric(bridge, "orders_bridge_in_flight"))
 
 
 def wait_bridge_in_flight(bridge: Proc, count: int, timeout: float = 20.0) -> None:

@@ -16,20 +16,19 @@ length): the bridges noticed the new server and re-sent what was in flight at on
 from __future__ import annotations
 
 import time
-import urllib.request
 
 import pytest
 from failover import FailoverStack
 from harness import (
     Proc,
     Workload,
+    bridge_metric,
     check_invariants,
     restart_workers_kombu_crashed,
     wait_in_flight,
     wait_ready,
 )
 from partition import print_timings
-from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.devservers import wait_until
 
@@ -59,7 +58,7 @@ def test_failover_to_a_replica_that_missed_the_last_writes_loses_and_doubles_not
     workers = [stack.add_worker(), stack.add_worker()]
     bridges = [stack.add_bridge(), stack.add_bridge()]
     wait_until(
-        lambda: all(_metric(b, "orders_bridge_redis_wait_replicas") == 1 for b in bridges),
+        lambda: all(bridge_metric(b, "orders_bridge_redis_wait_replicas") == 1 for b in bridges),
         10,
         0.2,
         "every bridge to wait for the replica",
@@ -77,7 +76,7 @@ def test_failover_to_a_replica_that_missed_the_last_writes_loses_and_doubles_not
     stack.cut_replication()
     time.sleep(CUT_S)
     primary_offset, replica_offset = stack.replication_offsets()
-    held_back = sum(_metric(b, "orders_bridge_redis_replicas_behind_total") for b in bridges)
+    held_back = sum(bridge_metric(b, "orders_bridge_redis_replicas_behind_total") for b in bridges)
     failed_over_at = time.time()
     stack.fail_over()
 
@@ -108,7 +107,7 @@ def test_failover_to_a_replica_that_missed_the_last_writes_loses_and_doubles_not
     assert sent["failover"] > 0, "no workflow was re-sent after the failover"
     assert sent["stalled"] == 0, "an order waited for WORKFLOW_STALL_TIMEOUT"
     assert all(b.alive and b.spawned == 1 for b in bridges), "a bridge died or was restarted"
-    changes = [_metric(b, "orders_bridge_redis_server_changes_total") for b in bridges]
+    changes = [bridge_metric(b, "orders_bridge_redis_server_changes_total") for b in bridges]
     assert changes == [1, 1], f"each bridge must notice the new server once: {changes}"
 
 
@@ -129,21 +128,5 @@ def _last_outcome_at(stack: FailoverStack, workload: Workload) -> float:
     )
 
 
-def _metrics(bridge: Proc) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    url = f"http://127.0.0.1:{bridge.port}/metrics"
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(url, timeout=3) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def _metric(bridge: Proc, name: str) -> float:
-    return _metrics(bridge).get((name, ()), 0.0)
-
-
 def _sent(bridge: Proc, cause: str) -> float:
-    return _metrics(bridge).get(("orders_bridge_workflows_sent_total", (("cause", cause),)), 0.0)
+    return bridge_metric(bridge, "orders_bridge_workflows_sent_total", cause=cause)
