@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install lock run test test-quick test-fast test-faults bench lint format proto screenshot clean
+.PHONY: install lock run test test-quick test-fast test-faults bench lint typecheck format proto screenshot clean
 
 install: $(STAMP)
 
@@ -49,6 +49,10 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+## Static types: mypy --strict over orders/ and bridge/ (pyproject.toml, [tool.mypy]).
+typecheck: install
+	$(BIN)/mypy
+
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
@@ -64,7 +68,7 @@ screenshot: install
 	$(BIN)/python scripts/flower_screenshot.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build *.egg-info
 
 ## Re-resolve requirements/*.lock from pyproject.toml (uv; every platform, Python 3.11+).
 lock: install

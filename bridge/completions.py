@@ -22,6 +22,7 @@ import redis.asyncio
 from redis.exceptions import RedisError
 
 from orders.adapters import redis_keys as keys
+from orders.adapters.redis_client import decoded_entries, decoded_xread
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +58,20 @@ class CompletionWatcher:
 
     async def run(self) -> None:
         """Read the stream until cancelled; survives Redis outages."""
-        last_id = None
+        last_id: str | None = None
         backoff = 0.2
         while True:
             try:
                 if last_id is None or self._reread:
                     self._reread = False
-                    newest = await self._redis.xrevrange(keys.COMPLETIONS_STREAM, count=1)
+                    newest = decoded_entries(
+                        await self._redis.xrevrange(keys.COMPLETIONS_STREAM, count=1)
+                    )
                     last_id = newest[0][0] if newest else "0-0"
-                reply = await self._redis.xread(
-                    {keys.COMPLETIONS_STREAM: last_id}, count=self._batch, block=self._block_ms
+                reply = decoded_xread(
+                    await self._redis.xread(
+                        {keys.COMPLETIONS_STREAM: last_id}, count=self._batch, block=self._block_ms
+                    )
                 )
                 self.healthy = True
                 backoff = 0.2

@@ -293,7 +293,7 @@ def _dev_manager(
     ``_procmgr``); the dependency is pinned below 3.
     """
 
-    class DevManager(manager_class):  # type: ignore[misc, valid-type]
+    class DevManager(manager_class):
         _signals = 0
         _bridge_first = False
 
@@ -303,6 +303,7 @@ def _dev_manager(
                 signal.signal(signum, self._counting(signal.getsignal(signum)))
             # honcho ignores SIGHUP, which would leave every process running.
             on_term = signal.getsignal(signal.SIGTERM)
+            assert callable(on_term)  # _counting's, installed just above
             signal.signal(signal.SIGHUP, lambda _, frame: on_term(signal.SIGTERM, frame))
             # honcho forks one helper per process here; threads start only
             # afterwards, so no fork copies a lock some thread holds.
@@ -350,7 +351,7 @@ def _dev_manager(
             super()._killall(force)
 
         def _all_started(self) -> bool:
-            started = super()._all_started()
+            started: bool = super()._all_started()
             if started and self._deferred_force is not None:
                 force, self._deferred_force = self._deferred_force, None
                 super()._killall(force)

@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self
+from typing import Literal, Self, TypedDict, cast
 
 import redis
 from redis.backoff import NoBackoff
@@ -59,7 +59,9 @@ def free_port() -> int:
     """A TCP port on the loopback interface that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
+        # getsockname() is typed Any: its shape depends on the family, (host, port) here.
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def wait_until(
@@ -149,7 +151,10 @@ class _ServerProcess:
     @property
     def pid(self) -> int | None:
         """Process id while running, else ``None``."""
-        return self._process.pid if self.running else None
+        if not self.running:
+            return None
+        assert self._process is not None
+        return self._process.pid
 
     @property
     def running(self) -> bool:
@@ -233,9 +238,11 @@ class _ServerProcess:
         assert self._process is not None
         code = self._process.poll()
         if code is not None:
+            # Popen.args is typed as any form a command can take; ours is _command()'s list.
+            command = cast(list[str], self._process.args)
             raise ServerStartError(
                 f"{self.name} exited with code {code} during startup: "
-                f"{' '.join(self._process.args)}\n{self._log_tail()}"
+                f"{' '.join(command)}\n{self._log_tail()}"
             )
         return self._is_ready()
 
@@ -366,6 +373,15 @@ class RedisTls:
     require_client_cert: bool = False
 
 
+class _ClientTLS(TypedDict, total=False):
+    """The ``redis.Redis`` keyword arguments of the readiness probe's TLS."""
+
+    ssl: bool
+    ssl_ca_certs: str
+    ssl_certfile: str
+    ssl_keyfile: str
+
+
 class RedisServer(_ServerProcess):
     """A ``redis-server`` (or ``valkey-server``) on loopback, persisting with the AOF only.
 
@@ -475,14 +491,13 @@ class RedisServer(_ServerProcess):
         finally:
             client.close()
 
-    def _client_tls(self) -> dict[str, object]:
+    def _client_tls(self) -> _ClientTLS:
         if self._tls is None:
             return {}
+        options: _ClientTLS = {"ssl": True, "ssl_ca_certs": str(self._tls.ca_file)}
         # The readiness probe presents the server's own certificate when a client
         # certificate is required: it is signed by the same CA.
-        client_cert = (
-            {"ssl_certfile": str(self._tls.cert_file), "ssl_keyfile": str(self._tls.key_file)}
-            if self._tls.require_client_cert
-            else {}
-        )
-        return {"ssl": True, "ssl_ca_certs": str(self._tls.ca_file), **client_cert}
+        if self._tls.require_client_cert:
+            options["ssl_certfile"] = str(self._tls.cert_file)
+            options["ssl_keyfile"] = str(self._tls.key_file)
+        return options

@@ -146,19 +146,21 @@ async def connect(
         elif error_cb is not None:
             await error_cb(error)
 
+    connect_timeout = settings.nats_connect_timeout.total_seconds()
     nc = NATS()
     connecting = asyncio.ensure_future(
         nc.connect(
             servers(settings),
             name=name,
-            connect_timeout=settings.nats_connect_timeout.total_seconds(),
+            connect_timeout=connect_timeout,  # type: ignore[arg-type]  # hinted int, used as a float timeout
             error_cb=on_error,
             **auth_options(settings),
             **options,
         )
     )
+    racing: set[asyncio.Future[Any]] = {connecting, refused}
     try:
-        await asyncio.wait({connecting, refused}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
     finally:
         if not connecting.done():
             connecting.cancel()

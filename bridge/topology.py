@@ -68,6 +68,7 @@ async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
     """Create both streams and the consumer if missing. Idempotent and safe to run
     from several bridges at once."""
     for config in (orders_stream(settings), dlq_stream(settings)):
+        assert config.name is not None  # orders_stream and dlq_stream name theirs
         try:
             await js.stream_info(config.name)
         except NotFoundError:

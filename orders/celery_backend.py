@@ -19,7 +19,7 @@ from typing import Any
 from celery.backends.redis import RedisBackend
 
 
-class ChordOnlyRedisBackend(RedisBackend):  # type: ignore[misc]
+class ChordOnlyRedisBackend(RedisBackend):
     def add_pending_result(
         self, result: Any, weak: bool = False, start_drainer: bool = True
     ) -> Any:

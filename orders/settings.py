@@ -294,10 +294,11 @@ class ConfigError(Exception):
     """An invalid setting; ``str()`` is the one line to show the operator."""
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Read and validate the environment; raise :class:`ConfigError` naming the variable."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        # Any field's value, of any type: pydantic validates it as it does the environment's.
+        return Settings(**overrides)
     except ValidationError as exc:
         error = exc.errors(include_url=False, include_input=False)[0]
         if not error["loc"] and error["type"] == "setting":

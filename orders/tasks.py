@@ -8,6 +8,7 @@ the shared base class reports progress and failures for the order.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -29,21 +30,21 @@ class WorkerLostTooOften(Exception):
     """Not transient: the task took its worker process down every time it ran."""
 
 
-class OrderRequest(Request):  # type: ignore[misc]
+class OrderRequest(Request):
     """A task message as the worker's main process receives it: its order and trace
     are remembered, so the main process's lines about it name them too."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        remember_task(self.id, self._request_dict)
+        remember_task(self.id, self.request_dict)
 
 
-class StepTask(Task):  # type: ignore[misc]
+class StepTask(Task[Any, Any]):
     """Base of every pipeline task: idempotent steps, retried on transient faults
     with exponential backoff and full jitter, capped by ``max_retries``
     (``TASK_MAX_RETRIES``, applied as a task annotation, see ``celery_app``)."""
 
-    Request = OrderRequest
+    Request = OrderRequest  # type: ignore[assignment]  # stub: str; Celery takes a class too
 
     autoretry_for = TRANSIENT
     retry_backoff = 1
@@ -84,7 +85,7 @@ class StepTask(Task):  # type: ignore[misc]
             log.warning("could not record failure of order %s: Redis unavailable", order_id)
 
 
-def _task(name: str) -> Any:
+def _task(name: str) -> Callable[[Callable[..., Any]], StepTask]:
     return shared_task(name=name, base=StepTask, bind=False)
 
 
@@ -102,7 +103,12 @@ def charge_payment(*, order_id: str, epoch: int, order: dict[str, Any]) -> dict[
 
 @shared_task(name=names.TASK_SETTLE, base=StepTask, bind=True)
 def settle_order(
-    self: Task, results: list[dict[str, Any]], *, order_id: str, epoch: int, order: dict[str, Any]
+    self: StepTask,
+    results: list[dict[str, Any]],
+    *,
+    order_id: str,
+    epoch: int,
+    order: dict[str, Any],
 ) -> None:
     """The chord callback: decide the outcome and start any compensation."""
     p = bootstrap.pipeline()

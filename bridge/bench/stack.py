@@ -19,7 +19,9 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from http.client import HTTPResponse
 from pathlib import Path
+from typing import cast
 
 from bridge.bench import naive, procfs
 from bridge.devprocs import (
@@ -216,8 +218,13 @@ class BenchStack:
 
 def metrics_text(proc: Proc) -> str:
     """The Prometheus text a bridge serves on its HTTP port."""
-    with _NO_PROXY.open(f"http://127.0.0.1:{proc.port}/metrics", timeout=5) as response:
+    with _http_get(f"http://127.0.0.1:{proc.port}/metrics", timeout=5) as response:
         return response.read().decode()
+
+
+def _http_get(url: str, timeout: float) -> HTTPResponse:
+    # OpenerDirector.open() is typed Any, as what it returns depends on the scheme.
+    return cast(HTTPResponse, _NO_PROXY.open(url, timeout=timeout))
 
 
 def _worker_command(concurrency: int, hostname: str) -> list[str]:
@@ -233,7 +240,7 @@ def _worker_ready(proc: Proc) -> bool:
 def _bridge_ready(proc: Proc) -> bool:
     proc.check_alive()
     try:
-        with _NO_PROXY.open(f"http://127.0.0.1:{proc.port}/ready", timeout=3) as response:
+        with _http_get(f"http://127.0.0.1:{proc.port}/ready", timeout=3) as response:
             return response.status == 200
     except urllib.error.HTTPError as exc:
         exc.close()

@@ -26,6 +26,7 @@ import redis.asyncio
 import redis.exceptions
 
 from orders.adapters import redis_keys as keys
+from orders.adapters.redis_client import decoded_hash
 from orders.domain.model import FailureReason, OrderStatus, Outcome, OutcomeKind
 
 DEAD_LETTERED = "DEAD_LETTERED"
@@ -365,7 +366,7 @@ class OrderState:
         )
 
     def view(self, order_id: str) -> OrderView | None:
-        return _view(order_id, self._redis.hgetall(keys.order(order_id)))
+        return _view(order_id, decoded_hash(self._redis.hgetall(keys.order(order_id))))
 
 
 class AsyncOrderState:
@@ -478,4 +479,4 @@ class AsyncOrderState:
         await self._redis.hset(keys.order(order_id), "published", kind.value)
 
     async def view(self, order_id: str) -> OrderView | None:
-        return _view(order_id, await self._redis.hgetall(keys.order(order_id)))
+        return _view(order_id, decoded_hash(await self._redis.hgetall(keys.order(order_id))))

@@ -119,8 +119,10 @@ def to_minor_units(amount: float, currency: str) -> int:
         raise InvalidMoney(f"amount is infinite ({amount} {currency})")
     if amount < 0:
         raise InvalidMoney(f"amount {amount!r} {currency} is negative")
+    # Annotated: typeshed types int ** int as Any (a negative power is a float).
+    scale: int = 10**exp
     # Fraction(float) is the double's exact binary value: no second rounding.
-    scaled = Fraction(amount) * 10**exp
+    scaled = Fraction(amount) * scale
     if scaled > MAX_MINOR:
         raise InvalidMoney(
             f"amount {amount!r} {currency} is too large: above 2**53 minor units a "
@@ -144,7 +146,8 @@ def to_major_units(minor: int, currency: str) -> float:
         InvalidMoney: unknown currency.
     """
     # int / int is correctly rounded in Python, unlike minor * 10.0**-exp.
-    return minor / 10 ** exponent(currency)
+    scale: int = 10 ** exponent(currency)
+    return minor / scale
 
 
 def format_money(minor: int, currency: str) -> str:

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, cast
 
 from celery import Celery, states
+from celery.backends.redis import RedisBackend
+from celery.result import AsyncResult
 
 from bridge.bench import load, naive
 from bridge.bench.stack import PhaseFailed
@@ -31,6 +33,12 @@ POLL_INTERVAL_S = 0.01
 # Workflows finish roughly in the order sent, so each round reads the oldest unfinished
 # ones only: the Redis the worker is measured on is not flooded with reads.
 POLL_WINDOW = 200
+
+
+class _TracksResults(Protocol):
+    # Backend's own bookkeeping, which celery-types leaves out: the results it waits for,
+    # (concrete, weak) maps of task id -> {id(result): result}.
+    _pending_results: tuple[dict[str, dict[int, AsyncResult[Any]]], Mapping[str, Any]]
 
 
 def run(
@@ -63,18 +71,18 @@ def _burst(
     progress: load.Progress,
     check: Callable[[], None],
 ) -> float:
+    backend = _redis_backend(app)
     started = time.perf_counter()
     pending = dict.fromkeys(
-        app.backend.get_key_for_task(naive.workflow(app, order).apply_async().id)
-        for order in orders
+        backend.get_key_for_task(naive.workflow(app, order).apply_async().id) for order in orders
     )  # ordered: oldest first
     done, last_progress = 0, time.monotonic()
     while pending:
         keys = list(itertools.islice(pending, POLL_WINDOW))
-        for key, raw in zip(keys, app.backend.client.mget(keys), strict=True):
+        for key, raw in zip(keys, backend.client.mget(keys), strict=True):
             if raw is None:
                 continue
-            meta = app.backend.decode_result(raw)
+            meta = backend.decode_result(raw)
             if meta["status"] not in states.READY_STATES:
                 continue
             if meta["result"] != "completed":
@@ -104,7 +112,14 @@ def _release_results(app: Celery) -> None:
     alone, each would unsubscribe at interpreter exit, over a connection being
     torn down, and print a traceback.
     """
-    concrete, _weak = app.backend._pending_results
+    backend = _redis_backend(app)
+    concrete, _weak = cast(_TracksResults, backend)._pending_results
     for waiters in list(concrete.values()):
         for result in list(waiters.values()):
-            app.backend.remove_pending_result(result)
+            backend.remove_pending_result(result)
+
+
+def _redis_backend(app: Celery) -> RedisBackend:
+    backend = app.backend
+    assert isinstance(backend, RedisBackend)  # naive.create_app's backend is a redis:// URL
+    return backend
