@@ -21,6 +21,7 @@ from collections import defaultdict
 import redis.asyncio
 from redis.exceptions import RedisError
 
+from bridge.backoff import Backoff
 from orders.adapters import redis_keys as keys
 from orders.adapters.redis_client import decoded_entries, decoded_xread
 
@@ -59,7 +60,7 @@ class CompletionWatcher:
     async def run(self) -> None:
         """Read the stream until cancelled; survives Redis outages."""
         last_id: str | None = None
-        backoff = 0.2
+        backoff = Backoff(0.2, 5.0)
         while True:
             try:
                 if last_id is None or self._reread:
@@ -74,18 +75,18 @@ class CompletionWatcher:
                     )
                 )
                 self.healthy = True
-                backoff = 0.2
+                backoff.reset()
                 for _stream, entries in reply:
                     for entry_id, fields in entries:
                         last_id = entry_id
                         self._wake(fields.get("order_id", ""))
             except RedisError as exc:
                 self.healthy = False
-                log.warning("completion stream unavailable (%s); retrying in %.1fs", exc, backoff)
+                pause = backoff.pause()
+                log.warning("completion stream unavailable (%s); retrying in %.1fs", exc, pause)
                 # Everyone waiting re-checks their order once Redis is back.
                 self._wake_all()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                await asyncio.sleep(pause)
 
     def _wake(self, order_id: str) -> None:
         for event in self._waiters.get(order_id, ()):

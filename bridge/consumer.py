@@ -15,6 +15,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from bridge.backoff import Backoff
 from bridge.metrics import BridgeMetrics
 from bridge.processor import OrderProcessor
 from bridge.topology import ensure_topology
@@ -80,14 +81,13 @@ class Consumer:
     async def _fetch_loop(self) -> None:
         max_in_flight = self._settings.bridge_max_in_flight
         sub: JetStreamContext.PullSubscription | None = None
-        backoff = 0.1
+        backoff = Backoff(0.1, 5.0)
         try:
             while not self._stopping.is_set():
                 if sub is None or self._resubscribe.is_set():
                     sub = await self._subscribe(sub)
                     if sub is None:
-                        await asyncio.sleep(backoff)
-                        backoff = min(backoff * 2, 5.0)
+                        await asyncio.sleep(backoff.pause())
                         continue
                 if not self._connected():
                     # NATS: a fetch sent now would wait in the client's reconnect
@@ -107,20 +107,20 @@ class Consumer:
                     )
                 except (nats.errors.TimeoutError, TimeoutError):
                     # Nothing to fetch (nats-py raises either class for an empty batch).
-                    backoff = 0.1
+                    backoff.reset()
                     self._fetch_failing_since = None
                     continue
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    log.warning("fetch failed (%r); retrying in %.1fs", exc, backoff)
+                    pause = backoff.pause()
+                    log.warning("fetch failed (%r); retrying in %.1fs", exc, pause)
                     if self._fetch_failing_since is None:
                         self._fetch_failing_since = time.monotonic()
                     self._fetch_error = f"{type(exc).__name__}: {exc}"
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    await asyncio.sleep(pause)
                     continue
-                backoff = 0.1
+                backoff.reset()
                 self._fetch_failing_since = None
                 self._last_progress = time.monotonic()
                 for msg in msgs:

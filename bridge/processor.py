@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from dataclasses import dataclass
 
@@ -26,7 +25,7 @@ from celery import Celery
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from bridge import codec, tracing
+from bridge import backoff, codec, tracing
 from bridge.completions import CompletionWatcher
 from bridge.dead_letter import dead_letter
 from bridge.dispatch import Dispatcher
@@ -45,6 +44,7 @@ from orders.workflow import compensation, order_workflow
 log = logging.getLogger(__name__)
 
 NATS_REQUEST_TIMEOUT_S = 5.0
+_NAK_DELAY_FIRST_S = 0.5
 _REPLICA_PAUSE_FIRST_S = 0.2
 _REPLICA_PAUSE_MAX_S = 3.0
 
@@ -221,16 +221,16 @@ class OrderProcessor:
         ``in_progress()``) for up to ``PUBLISH_RETRY_WINDOW``: a nak would spend a
         delivery on a fault that says nothing about the order."""
         deadline = time.monotonic() + self._publish_patience_s
-        pause = _REPLICA_PAUSE_FIRST_S
+        pauses = backoff.Backoff(_REPLICA_PAUSE_FIRST_S, _REPLICA_PAUSE_MAX_S, jitter=True)
         while True:
             try:
                 return await self._d.barrier.confirm(order_id)
             except ReplicasBehind as exc:
+                pause = pauses.pause()
                 if time.monotonic() + pause >= deadline:
                     raise
                 log.debug("order %s: %s; waiting", order_id, exc)
-                await asyncio.sleep(pause * random.uniform(0.5, 1.0))
-                pause = min(pause * 2, _REPLICA_PAUSE_MAX_S)
+                await asyncio.sleep(pause)
 
     async def _send(self, order: Order, epoch: int, run: int, cause: str) -> None:
         d = self._d
@@ -378,7 +378,7 @@ class OrderProcessor:
     async def _nak(self, msg: Msg, deliveries: int, why: str) -> None:
         # Never a bare nak: it redelivers at once and burns the delivery budget.
         cap = self._d.settings.nak_delay_max.total_seconds()
-        delay = min(cap, 0.5 * 2 ** (deliveries - 1)) * random.uniform(0.5, 1.0)
+        delay = backoff.for_attempt(deliveries, _NAK_DELAY_FIRST_S, cap)
         tracing.record_disposition("nak", why)
         try:
             await msg.nak(delay=delay)

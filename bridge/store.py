@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 
 import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import BadRequestError
+
+from bridge.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ async def store(
     """Publish and wait for the stream's ack, retrying transient refusals for up to
     ``patience`` seconds. Raises the last error once patience runs out."""
     deadline = time.monotonic() + patience
-    pause = _FIRST_PAUSE_S
+    backoff = Backoff(_FIRST_PAUSE_S, _MAX_PAUSE_S, jitter=True)
     attempt = 1
     while True:
         try:
@@ -56,6 +57,7 @@ async def store(
         except _PERMANENT:
             raise
         except Exception as exc:
+            pause = backoff.pause()
             if time.monotonic() + pause >= deadline:
                 raise
             # The first failure is news; the retries that follow are not.
@@ -63,8 +65,7 @@ async def store(
             log.log(
                 level, "storing to %s failed (%s: %s); retrying", stream, type(exc).__name__, exc
             )
-            await asyncio.sleep(pause * random.uniform(0.5, 1.0))
-            pause = min(pause * 2, _MAX_PAUSE_S)
+            await asyncio.sleep(pause)
             attempt += 1
             continue
         if attempt > 1:

@@ -1,8 +1,8 @@
 """Turning a decoded order into a valid :class:`Order`, or saying why it is not one.
 
-Every rule of the contract's ``INVALID_ORDER`` row lives here, so the bridge
-(which rejects bad orders before they reach a worker) and the workflow's
-validate step (defence in depth) apply exactly the same rules.
+Every rule of the contract's ``INVALID_ORDER`` row lives here. The bridge applies
+them before it sends a workflow, so an invalid order never reaches a worker, and
+the steps receive orders that passed them (there is no validate task).
 """
 
 from __future__ import annotations
