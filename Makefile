@@ -48,6 +48,7 @@ bench: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 ## Static types: mypy --strict over orders/ and bridge/ (pyproject.toml, [tool.mypy]).
 typecheck: install
