@@ -70,8 +70,8 @@ local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 # same id but other content (a buggy producer) follows the stored one, so
 # two versions can never race each other's effects.
 #
-# ``sent_on`` is the Redis server (run id and replication id, as the bridge last
-# saw them) through which the current run was sent. A run sent through another
+# ``sent_on`` is the Redis server (its ``run_id``, as the bridge last saw it)
+# through which the current run was sent. A run sent through another
 # server than today's may have lost its broker messages in a failover to a
 # replica that had not received them: it is sent again at once, not after the
 # stall timeout. Epoch and run "known" are what the bridge remembers of an order
@@ -88,7 +88,11 @@ _BEGIN = (
 local h = KEYS[1]
 local stall_ms, mode, server = tonumber(ARGV[1]), ARGV[2], ARGV[4]
 local known_epoch, known_run = tonumber(ARGV[5]) or 0, tonumber(ARGV[6]) or 0
-if redis.call('HEXISTS', h, 'epoch') == 0 then
+local f = redis.call('HMGET', h, 'published', 'outcome', 'dead', 'error', 'updated_ms',
+                     'epoch', 'run', 'sent_on')
+-- Published, even if that mark is all a lost hash kept: never processed again.
+if f[1] and f[1] ~= '' then return {'done', tonumber(f[6]) or 1, tonumber(f[7]) or 0, ''} end
+if not f[6] then
   -- Someone waiting on this order must not create it without its content.
   if mode == 'poll' then return {'lost', known_epoch, known_run, ''} end
   local epoch, run = math.max(known_epoch, 1), known_run + 1
@@ -99,10 +103,7 @@ if redis.call('HEXISTS', h, 'epoch') == 0 then
   redis.call('HSETNX', h, 'refunds', 0)
   return {'start', epoch, run, '', ARGV[3], known_run > 0 and 'failover' or 'new'}
 end
-local f = redis.call('HMGET', h, 'published', 'outcome', 'dead', 'error', 'updated_ms',
-                     'epoch', 'run', 'sent_on')
-local epoch, run = tonumber(f[6]) or 1, tonumber(f[7]) or 0
-if f[1] and f[1] ~= '' then return {'done', epoch, run, ''} end
+local epoch, run = tonumber(f[6]), tonumber(f[7]) or 0
 if f[2] and f[2] ~= '' then return {'publish', epoch, run, ''} end
 if mode == 'poll' then
   -- Someone is waiting on this run: report failures, never start a new epoch.

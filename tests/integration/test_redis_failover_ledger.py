@@ -254,6 +254,20 @@ def test_a_hash_without_an_epoch_is_lost_and_its_charges_survive(
     assert client.hget(h, "charges") == "1"
 
 
+def test_a_hash_that_kept_only_its_published_mark_is_done(
+    client: redis.Redis, redis_url: str
+) -> None:
+    """A Redis that lost an order's state but for the ``published`` mark (written after
+    the outcome event was stored): the order must never be processed again."""
+    order_id = uid("o")
+    h = keys.order(order_id)
+    client.hset(h, "published", "completed")
+
+    assert begin(redis_url, order_id, order_json=ORDER_JSON, server="B").next is Next.DONE
+    assert begin(redis_url, order_id, poll=True, server="B", known=(1, 1)).next is Next.DONE
+    assert client.hgetall(h) == {"published": "completed"}
+
+
 def test_a_delivery_of_an_unknown_order_is_new(client: redis.Redis, redis_url: str) -> None:
     order_id = uid("o")
     assert begin(redis_url, order_id, poll=True).next is Next.LOST
