@@ -5,8 +5,9 @@ Managed Redis fails over behind one address: the replica is promoted, and
 whatever it had not received yet is gone, broker messages included. Two things
 follow, and both live here:
 
-- :class:`RedisWatch` asks the server every second who it is (``run_id`` and
-  replication id) and how many replicas are online. A new identity is a
+- :class:`RedisWatch` asks the server every second who it is (its ``run_id``:
+  a promoted replica or a restarted server is another process) and how many
+  replicas are online. A new identity is a
   failover or a restart: the bridge re-checks every order it is waiting for at
   once (``on_change``), and the ledger re-sends every run that was sent through
   the previous server, instead of waiting for ``WORKFLOW_STALL_TIMEOUT``.
@@ -62,7 +63,10 @@ class RedisWatch:
         self._want_aof = settings.redis_wait_aof
         self._metrics = metrics
         self._on_change = on_change
-        self.identity = ""  # "<run_id>/<replication id>", "" until first seen
+        # The server's run_id, "" until first seen. Not its replication id: a primary
+        # without a backlog takes a new one when its first replica attaches (nothing
+        # lost), and bridges that started before and after would disagree on it.
+        self.identity = ""
         self.online_replicas = 0
         self.waitaof = False  # the server has WAITAOF and its append-only file is on
 
@@ -103,9 +107,7 @@ class RedisWatch:
                 pipe.info("persistence")
             replies: list[dict[str, Any]] = await pipe.execute()
         server, replication = replies[0], replies[1]
-        identity = f"{server.get('run_id', '')}/{replication.get('master_replid', '')}"
-        if _first_backlog(self.identity, identity, replication):
-            identity = self.identity
+        identity = str(server.get("run_id", ""))
         # Replicas still in their first sync do not acknowledge offsets yet.
         self.online_replicas = sum(
             1 for key, value in replication.items() if key.startswith("slave") and _online(value)
@@ -123,20 +125,6 @@ class RedisWatch:
             )
             self._metrics.redis_server_changes.inc()
             self._on_change()
-
-
-def _first_backlog(previous: str, identity: str, replication: dict[str, Any]) -> bool:
-    """Whether only the replication id changed because a primary without a backlog got
-    its first replica (Redis then starts a new history: nothing was lost).
-
-    A promotion keeps the old id as ``master_replid2``; a server that was demoted and
-    promoted again within one check has one too, so those still count as changes."""
-    if not previous or previous == identity:
-        return False
-    same_process = previous.partition("/")[0] == identity.partition("/")[0]
-    # redis-py parses an all-zero id as the integer 0.
-    no_history = str(replication.get("master_replid2", "0")).strip("0") == ""
-    return same_process and replication.get("role") == "master" and no_history
 
 
 def _online(replica: object) -> bool:
