@@ -109,17 +109,17 @@ async def run(settings: Settings) -> None:
         return nc.is_connected and watcher.healthy and not barrier.behind
 
     consumer = Consumer(js, processor, settings, metrics, connected=can_finish_orders)
-    metrics.ready.set_function(lambda: float(can_finish_orders() and consumer.problem() is None))
+    # As /ready: lagging replicas pause fetching but are no readiness failure (the
+    # contract's /ready is NATS, the consumer and a Redis ping).
+    metrics.ready.set_function(
+        lambda: float(nc.is_connected and watcher.healthy and consumer.problem() is None)
+    )
 
     async def consumer_answers() -> None:
         await js.consumer_info(names.ORDERS_STREAM, names.DURABLE_CONSUMER)
 
     async def redis_answers() -> None:
         await redis_client.ping()
-
-    async def redis_replicas() -> None:
-        if barrier.behind:
-            raise RuntimeError(barrier.problem)
 
     async def nats_connected() -> None:
         if not nc.is_connected:
@@ -136,7 +136,6 @@ async def run(settings: Settings) -> None:
                 "nats": nats_connected,
                 "consumer": consumer_answers,
                 "redis": redis_answers,
-                "redis_replicas": redis_replicas,
                 "consuming": consuming,
             },
             metrics=metrics,

@@ -193,14 +193,19 @@ class OutcomeBarrier:
             if replicas or aof:
                 self._metrics.redis_wait.observe(time.monotonic() - started)
             if acked < replicas or not fsynced:
+                first = not self.problem
                 self._behind_until = time.monotonic() + BEHIND_PAUSE_S
                 self.problem = (
                     f"{acked} of {replicas} Redis replicas acknowledged within "
                     f"{self._timeout_ms} ms" + ("" if fsynced else "; the primary's fsync did not")
                 )
+                if first:  # news once, not per order
+                    log.warning("outcomes held back, fetching paused: %s", self.problem)
                 self._metrics.redis_replicas_behind.inc()
                 _settle(batch, ReplicasBehind(self.problem))
                 continue
+            if self.problem:
+                log.info("Redis replicas acknowledge again; publishing held outcomes")
             self._behind_until = 0.0
             self.problem = ""
             for (_order_id, future), view in zip(batch, views, strict=True):
