@@ -144,10 +144,11 @@ class OrderProcessor:
         )
         # The order as first stored: what every send of its workflow must carry. Usually
         # the one just delivered, which need not be parsed back from its own JSON.
+        stored_json = begin.order_json or delivered_json
         raw = (
             delivered
-            if begin.order_json in ("", delivered_json)
-            else RawOrder.model_validate_json(begin.order_json)
+            if stored_json == delivered_json
+            else RawOrder.model_validate_json(stored_json)
         )
         verdict = validate_order(raw, d.limits)
         if begin.next is Next.DONE:
@@ -158,7 +159,7 @@ class OrderProcessor:
             if isinstance(verdict, Invalid):
                 outcome = failed_outcome(raw.order_id, FailureReason.INVALID_ORDER, verdict.detail)
                 await d.state.finalize(begin.epoch, outcome)
-            elif await self._run_workflow(verdict, begin, raw.model_dump_json()):
+            elif await self._run_workflow(verdict, begin, stored_json):
                 d.metrics.duplicates.inc()
                 await self._ack(msg)
                 return
