@@ -150,7 +150,8 @@ class Settings(BaseSettings):
     # Before an outcome event is published, the Redis replicas acknowledge every
     # write it rests on (WAIT), so a failover to one of them cannot lose it.
     redis_wait_replicas: ReplicaCount = "auto"
-    redis_wait_timeout_ms: int = Field(1000, ge=1, le=60_000)
+    # Below the Redis clients' 15 s socket timeout, which would cut a longer WAIT off.
+    redis_wait_timeout_ms: int = Field(1000, ge=1, le=10_000)
     # Also the primary's own fsync of its append-only file (WAITAOF 1 0, Redis and
     # Valkey 7.2+): with appendfsync everysec, up to a second more per outcome.
     redis_wait_aof: bool = False

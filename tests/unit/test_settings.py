@@ -39,6 +39,7 @@ def test_contract_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         ("REDIS_WAIT_REPLICAS", "1.5"),
         ("REDIS_WAIT_TIMEOUT_MS", "0"),
         ("REDIS_WAIT_TIMEOUT_MS", "abc"),
+        ("REDIS_WAIT_TIMEOUT_MS", "20000"),
         ("REDIS_WAIT_AOF", "maybe"),
     ],
 )
