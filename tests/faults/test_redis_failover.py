@@ -16,6 +16,8 @@ length): the bridges noticed the new server and re-sent what was in flight at on
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from failover import FailoverStack
@@ -47,7 +49,8 @@ ENV = {
 
 
 @pytest.fixture
-def stack(tmp_path):  # type: ignore[no-untyped-def]
+def stack(tmp_path: Path) -> Iterator[FailoverStack]:
+    """Replaces the suite's stack: this test's Redis is a primary with a replica."""
     with FailoverStack(tmp_path, ENV) as failover_stack:
         yield failover_stack
 
