@@ -14,9 +14,10 @@ from google.protobuf.message import DecodeError
 from bridge.pb.orders.v1 import orders_pb2
 from orders.domain import money
 from orders.domain.model import Outcome, OutcomeKind, RawItem, RawOrder
+from relay.application import Poison
 
 
-class PoisonMessage(Exception):
+class PoisonMessage(Poison):
     """A message that can never be processed, whatever the number of retries.
 
     The bridge dead-letters it instead of producing an outcome. ``reason``

@@ -8,7 +8,6 @@ in-flight orders finish up to ``DRAIN_TIMEOUT``, nak the rest, drain NATS, exit 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
@@ -19,23 +18,18 @@ import redis.asyncio
 from nats.aio.client import Client as NATS
 from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
-from bridge.completions import CompletionWatcher
-from bridge.consumer import Consumer
-from bridge.dispatch import Dispatcher
-from bridge.http import create_app, serve
-from bridge.metrics import BridgeMetrics
+from bridge.app import NAMES, OrderApplication, relay_limits
 from bridge.nats_connect import NatsRefused
 from bridge.nats_connect import connect as nats_connect
-from bridge.processor import Deps, OrderProcessor
-from bridge.redis_watch import OutcomeBarrier, RedisWatch
-from bridge.topology import ensure_topology
-from orders import names, telemetry
-from orders.adapters.order_state import AsyncOrderState
+from orders import telemetry
 from orders.adapters.redis_client import RedisRefused, async_client, redis_refusal, tls_options
 from orders.bootstrap import limits
 from orders.celery_app import create_app as create_celery
 from orders.logs import configure_logging
 from orders.settings import ConfigError, Settings, load_settings, redact_url
+from relay.http import create_app, serve
+from relay.runner import Relay
+from relay.topology import ensure_topology
 
 log = logging.getLogger("bridge")
 
@@ -75,87 +69,30 @@ async def connect_nats(settings: Settings) -> NATS:
 async def run(settings: Settings) -> None:
     log.info("connecting to NATS at %s", redact_url(settings.nats_url))
     nc = await connect_nats(settings)
-    js = nc.jetstream(timeout=5)
-    await ensure_topology(js, settings)
+    relay_config = relay_limits(settings)
+    await ensure_topology(nc.jetstream(timeout=5), NAMES, relay_config)
 
     redis_client = async_client(settings.redis_url, tls_options(settings))
     await _check_redis(redis_client, settings)
-    metrics = BridgeMetrics()
-    watcher = CompletionWatcher(redis_client)
-    watch = RedisWatch(redis_client, settings, metrics, on_change=watcher.server_changed)
-    with contextlib.suppress(redis.RedisError, OSError, TimeoutError):
-        await asyncio.wait_for(watch.refresh(), REDIS_START_CHECK_S)
-    state = AsyncOrderState(redis_client)
-    barrier = OutcomeBarrier(state, watch, settings, metrics)
-    dispatcher = Dispatcher()
-    processor = OrderProcessor(
-        Deps(
-            js=js,
-            state=state,
-            watch=watch,
-            barrier=barrier,
-            watcher=watcher,
-            dispatcher=dispatcher,
-            celery=create_celery(settings),
-            settings=settings,
-            limits=limits(settings),
-            metrics=metrics,
-        )
-    )
-
-    def can_finish_orders() -> bool:
-        # Not while Redis is unreachable or its replicas lag: every order fetched
-        # would fail and spend a delivery for nothing.
-        return nc.is_connected and watcher.healthy and not barrier.behind
-
-    consumer = Consumer(js, processor, settings, metrics, connected=can_finish_orders)
-    # As /ready: lagging replicas pause fetching but are no readiness failure (the
-    # contract's /ready is NATS, the consumer and a Redis ping).
-    metrics.ready.set_function(
-        lambda: float(nc.is_connected and watcher.healthy and consumer.problem() is None)
-    )
-
-    async def consumer_answers() -> None:
-        await js.consumer_info(names.ORDERS_STREAM, names.DURABLE_CONSUMER)
-
-    async def redis_answers() -> None:
-        await redis_client.ping()
-
-    async def nats_connected() -> None:
-        if not nc.is_connected:
-            raise ConnectionError("not connected to NATS")
-
-    async def consuming() -> None:
-        if problem := consumer.problem():
-            raise RuntimeError(problem)
-
+    app = OrderApplication(create_celery(settings), limits(settings), settings.max_message_bytes)
+    relay = Relay(app, NAMES, relay_config, nc, redis_client)
     runner = await serve(
         create_app(
             alive=lambda: nc.is_connected,
-            readiness_checks={
-                "nats": nats_connected,
-                "consumer": consumer_answers,
-                "redis": redis_answers,
-                "consuming": consuming,
-            },
-            metrics=metrics,
+            readiness_checks=relay.readiness_checks(),
+            metrics=relay.metrics,
         ),
         settings.port,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, consumer.stop)
-    watcher_task = asyncio.create_task(watcher.run(), name="completions")
-    watch_task = asyncio.create_task(watch.run(), name="redis-watch")
-    log.info("bridge ready: consuming %s, HTTP on port %d", names.SUBJECT_CREATED, settings.port)
+        loop.add_signal_handler(sig, relay.stop)
+    log.info("bridge ready: consuming %s, HTTP on port %d", NAMES.input_subject, settings.port)
     try:
-        await consumer.run()
+        await relay.run()
     finally:
         log.info("shutting down")
-        watcher_task.cancel()
-        watch_task.cancel()
         await runner.cleanup()
-        dispatcher.close()
         await nc.drain()
         await redis_client.aclose()
     log.info("bridge stopped")

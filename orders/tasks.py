@@ -7,27 +7,22 @@ the shared base class reports progress and failures for the order.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
 import redis
-from celery import Task, chain, shared_task
+from celery import chain, shared_task
 from celery.worker.request import Request
 
 from orders import bootstrap, names, services
 from orders.domain.errors import TransientError
 from orders.domain.model import Order, Outcome, StepResult
 from orders.logs import remember_task
-
-log = logging.getLogger(__name__)
+from relay.ledger import Ledger
+from relay.worker import LedgerTask
 
 # Faults worth retrying: the gateway did not answer, Redis was unreachable.
 TRANSIENT = (TransientError, redis.ConnectionError, redis.TimeoutError)
-
-
-class WorkerLostTooOften(Exception):
-    """Not transient: the task took its worker process down every time it ran."""
 
 
 class OrderRequest(Request):
@@ -39,50 +34,26 @@ class OrderRequest(Request):
         remember_task(self.id, self.request_dict)
 
 
-class StepTask(Task[Any, Any]):
+class StepTask(LedgerTask):
     """Base of every pipeline task: idempotent steps, retried on transient faults
     with exponential backoff and full jitter, capped by ``max_retries``
-    (``TASK_MAX_RETRIES``, applied as a task annotation, see ``celery_app``)."""
+    (``TASK_MAX_RETRIES``, applied as a task annotation, see ``celery_app``).
+    Starts and final failures are kept in the order's ledger (``relay.worker``)."""
 
     Request = OrderRequest  # type: ignore[assignment]  # stub: str; Celery takes a class too
 
+    key_kwarg = "order_id"
     autoretry_for = TRANSIENT
     retry_backoff = 1
     retry_backoff_max = 30
     retry_jitter = True
-    acks_late = True
     ignore_result = True
 
-    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
-        order_id, epoch = kwargs.get("order_id"), kwargs.get("epoch")
-        if order_id is None or epoch is None:
-            return
-        p = bootstrap.pipeline()
-        try:
-            starts = p.state.start_task(order_id, epoch, task_id)
-        except redis.RedisError:
-            return  # cannot count now; the task's own Redis calls will retry it
-        lost = starts - 1 - (self.request.retries or 0)
-        if lost >= p.max_worker_losses:
-            raise WorkerLostTooOften(
-                f"{self.name} lost its worker process {lost} times (out of memory? crash?); "
-                "not running it again"
-            )
+    def ledger(self) -> Ledger:
+        return bootstrap.pipeline().state.ledger
 
-    def on_failure(
-        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
-    ) -> None:
-        # Retries are exhausted (or the fault was not transient): tell the bridge
-        # now rather than let it wait for the stall timeout. It naks the message,
-        # and the next delivery sends the workflow again.
-        order_id, epoch = kwargs.get("order_id"), kwargs.get("epoch")
-        if order_id is None or epoch is None:
-            return
-        detail = f"{self.name} failed: {type(exc).__name__}: {exc}"
-        try:
-            bootstrap.pipeline().state.record_error(order_id, epoch, detail[:500])
-        except redis.RedisError:
-            log.warning("could not record failure of order %s: Redis unavailable", order_id)
+    def max_worker_losses(self) -> int:
+        return bootstrap.pipeline().max_worker_losses
 
 
 def _task(name: str) -> Callable[[Callable[..., Any]], StepTask]:

@@ -17,9 +17,9 @@ from nats.js.api import PubAck
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
+from bridge.app import ensure_order_topology
 from bridge.cli import _common
 from bridge.codec import encode_order_created
-from bridge.topology import ensure_topology
 from bridge.tracing import new_order_trace
 from orders import names, telemetry
 from orders.domain import money
@@ -186,7 +186,7 @@ async def _publish_all(
         await asyncio.wait_for(future, timeout)  # raises the publish's error, if any
 
     async with _common.jetstream(config) as js:
-        await ensure_topology(js, config)
+        await ensure_order_topology(js, config)
         pending: deque[asyncio.Future[PubAck]] = deque()
         start = time.monotonic()
         for n, (order_id, payload) in enumerate(orders):

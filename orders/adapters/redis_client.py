@@ -5,17 +5,15 @@ TLS (a ``rediss://`` URL) always verifies the server's certificate, against
 when set; :func:`tls_options` is the one place that says so, for these clients
 and for Celery's broker and result backend alike.
 
-redis-py types every reply as ``bytes | str`` whatever the client's
-``decode_responses``, and XREAD's as either protocol's shape. These clients decode
-and speak RESP2 (redis-py's default): :func:`decoded_hash`, :func:`decoded_entries`
-and :func:`decoded_xread` say so once, for their callers, without copying a reply.
+These clients decode replies and speak RESP2 (redis-py's default), as the relay's
+typed reply views (``relay.redis_replies``) expect.
 """
 
 from __future__ import annotations
 
 import ssl
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
@@ -24,16 +22,9 @@ import redis.exceptions
 
 from orders.settings import Settings
 
-if TYPE_CHECKING:
-    # Not in redis-py 6.4, which the requirement still allows.
-    from redis.typing import StreamRangeResponse, XReadResponse
-
 # A Redis call that hangs on a half-open connection fails within this long, so a
 # task is retried and the bridge naks instead of freezing.
 REDIS_SOCKET_TIMEOUT_S = 15
-
-StreamEntry = tuple[str, dict[str, str]]
-"""A stream entry as these clients read it: its id and its fields."""
 
 
 def _options() -> dict[str, Any]:
@@ -94,18 +85,3 @@ def sync_client(url: str, tls: Mapping[str, Any] | None = None) -> redis.Redis:
 
 def async_client(url: str, tls: Mapping[str, Any] | None = None) -> redis.asyncio.Redis:
     return redis.asyncio.Redis.from_url(url, **_options(), **(tls or {}))
-
-
-def decoded_hash(reply: dict[bytes | str, bytes | str]) -> dict[str, str]:
-    """An HGETALL reply of these clients."""
-    return cast("dict[str, str]", reply)
-
-
-def decoded_entries(reply: StreamRangeResponse | None) -> list[StreamEntry]:
-    """An XRANGE or XREVRANGE reply of these clients: live entries, never ``(None, None)``."""
-    return cast("list[StreamEntry]", reply or [])
-
-
-def decoded_xread(reply: XReadResponse) -> list[tuple[str, list[StreamEntry]]]:
-    """An XREAD reply of these clients: each stream read (a ``[name, entries]`` list)."""
-    return cast("list[tuple[str, list[StreamEntry]]]", reply)

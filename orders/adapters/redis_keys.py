@@ -4,15 +4,17 @@ Scripts touch several keys of one order at once; they are not written for
 Redis Cluster (keys are not hash-tagged), which the README states.
 """
 
+from relay.keys import LedgerKeys
+
 PREFIX = "orders:"
-COMPLETIONS_STREAM = f"{PREFIX}completions"
-# Roughly how many completion events the stream keeps; readers that fall
-# further behind than this re-read the order hash instead.
-COMPLETIONS_MAXLEN = 100_000
+# The relay's ledger: one hash per order (orders:order:<id>), the completion stream
+# (orders:completions) and task start counts (orders:task-starts:<task id>).
+LEDGER = LedgerKeys(PREFIX, "order")
+COMPLETIONS_STREAM = LEDGER.completions
 
 
 def order(order_id: str) -> str:
-    return f"{PREFIX}order:{order_id}"
+    return LEDGER.entry(order_id)
 
 
 def ledger(order_id: str) -> str:
@@ -33,4 +35,4 @@ def gateway_charge(idempotency_key: str) -> str:
 
 
 def task_starts(task_id: str) -> str:
-    return f"{PREFIX}task-starts:{task_id}"
+    return LEDGER.task_starts(task_id)

@@ -24,17 +24,19 @@ from click.testing import CliRunner, Result
 from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
+from bridge.app import ensure_order_topology
 from bridge.cli import cli
 from bridge.cli.publish import synthetic_order
 from bridge.codec import decode_order_created, encode_order_created
 from bridge.devservers import free_port
-from bridge.topology import ensure_topology
 from orders import names
-from orders.adapters.order_state import AsyncOrderState, OrderState
+from orders.adapters import redis_keys as keys
+from orders.adapters.order_state import OrderState
 from orders.domain import money
 from orders.domain.model import FailureReason, Order, Outcome, OutcomeKind
 from orders.domain.validation import validate_order
 from orders.settings import load_settings
+from relay.ledger import AsyncLedger
 
 pytestmark = pytest.mark.integration
 
@@ -101,7 +103,7 @@ async def _publish_dead_letters(url: str, redis_url: str) -> tuple[int, int, str
     nc = await nats.connect(url)
     js = nc.jetstream()
     try:
-        await ensure_topology(js, load_settings(nats_url=url, redis_url=redis_url))
+        await ensure_order_topology(js, load_settings(nats_url=url, redis_url=redis_url))
         acks = []
         for payload, reason in (
             (
@@ -177,7 +179,7 @@ def _record_outcome(redis_url: str, outcome: Outcome, *, charged: bool) -> None:
     async def begin() -> int:
         client = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
         try:
-            return (await AsyncOrderState(client).begin(outcome.order_id, 60)).epoch
+            return (await AsyncLedger(client, keys.LEDGER).begin(outcome.order_id, 60)).epoch
         finally:
             await client.aclose()
 

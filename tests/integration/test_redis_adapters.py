@@ -11,11 +11,13 @@ import pytest
 import redis
 import redis.asyncio
 
-from orders.adapters.order_state import AsyncOrderState, Next, OrderState
+from orders.adapters import redis_keys as keys
+from orders.adapters.order_state import OrderState
 from orders.adapters.redis_inventory import RedisInventory
 from orders.adapters.simulated_gateway import SimulatedGateway
 from orders.domain.errors import GatewayUnavailable
 from orders.domain.model import FailureReason, Outcome, OutcomeKind
+from relay.ledger import AsyncLedger, Next
 
 pytestmark = pytest.mark.integration
 
@@ -117,7 +119,7 @@ def test_outcome_is_recorded_once_per_epoch_and_payments_counted_once(
     async def begin(poll: bool = False):
         aclient = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
         try:
-            return await AsyncOrderState(aclient).begin(order_id, 60, poll=poll)
+            return await AsyncLedger(aclient, keys.LEDGER).begin(order_id, 60, poll=poll)
         finally:
             await aclient.aclose()
 
@@ -150,7 +152,7 @@ def test_failed_workflow_is_reported_to_waiters_and_restarted_on_delivery(
     async def begin(poll: bool):
         aclient = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
         try:
-            return await AsyncOrderState(aclient).begin(order_id, 60, poll=poll)
+            return await AsyncLedger(aclient, keys.LEDGER).begin(order_id, 60, poll=poll)
         finally:
             await aclient.aclose()
 
@@ -165,7 +167,7 @@ def test_failed_workflow_is_reported_to_waiters_and_restarted_on_delivery(
     async def abandon() -> bool:
         aclient = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
         try:
-            return await AsyncOrderState(aclient).abandon(order_id, 1, "gave up")
+            return await AsyncLedger(aclient, keys.LEDGER).abandon(order_id, 1, "gave up")
         finally:
             await aclient.aclose()
 

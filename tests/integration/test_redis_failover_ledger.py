@@ -21,13 +21,15 @@ import redis
 import redis.asyncio
 from redis.exceptions import RedisError
 
+from bridge.app import relay_limits
 from bridge.devservers import LOOPBACK, RedisServer, wait_until
-from bridge.metrics import BridgeMetrics
-from bridge.redis_watch import OutcomeBarrier, RedisWatch, ReplicasBehind
 from orders.adapters import redis_keys as keys
-from orders.adapters.order_state import AsyncOrderState, Begin, Next, OrderState
+from orders.adapters.order_state import OrderState, order_view
 from orders.domain.model import Outcome, OutcomeKind
 from orders.settings import Settings, load_settings
+from relay.ledger import AsyncLedger, Begin, Next
+from relay.metrics import RelayMetrics
+from relay.redis_watch import OutcomeBarrier, RedisWatch, ReplicasBehind
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +70,9 @@ def begin(url: str, order_id: str, stall_timeout_s: float = 60, **kwargs: Any) -
     async def run() -> Begin:
         aclient = redis.asyncio.Redis.from_url(url, decode_responses=True)
         try:
-            return await AsyncOrderState(aclient).begin(order_id, stall_timeout_s, **kwargs)
+            return await AsyncLedger(aclient, keys.LEDGER).begin(
+                order_id, stall_timeout_s, **kwargs
+            )
         finally:
             await aclient.aclose()
 
@@ -107,7 +111,7 @@ def test_skewed_host_clocks_write_redis_time(
     state = OrderState(client)
 
     skew_clock(monkeypatch, skew_s)  # the bridge's host
-    first = begin(redis_url, order_id, order_json=ORDER_JSON, server="A")
+    first = begin(redis_url, order_id, input=ORDER_JSON, server="A")
     assert started(first) == (Next.START, 1, 1, "new")
     assert_times_from_redis(client, order_id, "received_ms", "updated_ms")
 
@@ -117,14 +121,14 @@ def test_skewed_host_clocks_write_redis_time(
 
     # The bridge (a day the other way) sees a run that just made progress.
     skew_clock(monkeypatch, skew_s)
-    attached = begin(redis_url, order_id, order_json=ORDER_JSON, server="A")
+    attached = begin(redis_url, order_id, input=ORDER_JSON, server="A")
     assert (attached.next, attached.run) == (Next.ATTACH, 1)
 
     skew_clock(monkeypatch, -skew_s)
     assert state.record_error(order_id, 1, "payments.charge_payment failed") is True
     assert_times_from_redis(client, order_id, "updated_ms")
     skew_clock(monkeypatch, skew_s)
-    retried = begin(redis_url, order_id, order_json=ORDER_JSON, server="A")
+    retried = begin(redis_url, order_id, input=ORDER_JSON, server="A")
     assert started(retried) == (Next.START, 1, 2, "retry")
     assert_times_from_redis(client, order_id, "updated_ms")
 
@@ -140,18 +144,18 @@ def test_a_stall_is_measured_on_redis_clock(
 ) -> None:
     order_id = uid("o")
     state = OrderState(client)
-    assert begin(redis_url, order_id, 0.2, order_json=ORDER_JSON).next is Next.START
+    assert begin(redis_url, order_id, 0.2, input=ORDER_JSON).next is Next.START
 
     # A worker a day behind, then a bridge a day ahead: no stall on Redis's clock.
     skew_clock(monkeypatch, -DAY_S)
     state.start_task(order_id, 1, uid("task"))
     skew_clock(monkeypatch, DAY_S)
-    assert begin(redis_url, order_id, 0.2, order_json=ORDER_JSON).next is Next.ATTACH
+    assert begin(redis_url, order_id, 0.2, input=ORDER_JSON).next is Next.ATTACH
 
     # Half a second without progress is a stall, even for a bridge a day behind.
     time.sleep(0.5)
     skew_clock(monkeypatch, -DAY_S)
-    again = begin(redis_url, order_id, 0.2, order_json=ORDER_JSON)
+    again = begin(redis_url, order_id, 0.2, input=ORDER_JSON)
     assert started(again) == (Next.START, 1, 2, "stalled")
     assert_times_from_redis(client, order_id, "updated_ms")
 
@@ -164,22 +168,22 @@ def test_a_run_sent_through_another_server_is_sent_again(
 ) -> None:
     order_id = uid("o")
     h = keys.order(order_id)
-    assert started(begin(redis_url, order_id, order_json=ORDER_JSON, server="A")) == (
+    assert started(begin(redis_url, order_id, input=ORDER_JSON, server="A")) == (
         Next.START,
         1,
         1,
         "new",
     )
     assert client.hget(h, "sent_on") == "A"
-    attached = begin(redis_url, order_id, order_json=ORDER_JSON, server="A")
-    assert (attached.next, attached.run, attached.order_json) == (Next.ATTACH, 1, ORDER_JSON)
+    attached = begin(redis_url, order_id, input=ORDER_JSON, server="A")
+    assert (attached.next, attached.run, attached.input) == (Next.ATTACH, 1, ORDER_JSON)
 
     resent = begin(redis_url, order_id, poll=True, server="B", known=(1, 1))
     assert started(resent) == (Next.START, 1, 2, "failover")
-    assert resent.order_json == ORDER_JSON
+    assert resent.input == ORDER_JSON
     assert client.hmget(h, ["sent_on", "run"]) == ["B", "2"]
     assert begin(redis_url, order_id, poll=True, server="B", known=(1, 2)).next is Next.ATTACH
-    assert begin(redis_url, order_id, order_json=ORDER_JSON, server="B").next is Next.ATTACH
+    assert begin(redis_url, order_id, input=ORDER_JSON, server="B").next is Next.ATTACH
 
     # The bridge may know of a later run than the hash (a lost write): never reuse one.
     later = begin(redis_url, order_id, poll=True, server="C", known=(1, 5))
@@ -190,17 +194,17 @@ def test_a_run_sent_through_another_server_is_sent_again(
 def test_an_unknown_server_never_triggers_a_resend(client: redis.Redis, redis_url: str) -> None:
     order_id = uid("o")
     h = keys.order(order_id)
-    begin(redis_url, order_id, order_json=ORDER_JSON, server="A")
+    begin(redis_url, order_id, input=ORDER_JSON, server="A")
     # A bridge that has not seen the server yet passes "".
-    assert begin(redis_url, order_id, order_json=ORDER_JSON, server="").next is Next.ATTACH
+    assert begin(redis_url, order_id, input=ORDER_JSON, server="").next is Next.ATTACH
     assert begin(redis_url, order_id, poll=True, server="", known=(1, 1)).next is Next.ATTACH
     assert client.hmget(h, ["sent_on", "run"]) == ["A", "1"]
 
     # A run sent while the server was unknown is not re-sent once it is known.
     other = uid("o")
-    begin(redis_url, other, order_json=ORDER_JSON, server="")
+    begin(redis_url, other, input=ORDER_JSON, server="")
     assert client.hget(keys.order(other), "sent_on") == ""
-    assert begin(redis_url, other, order_json=ORDER_JSON, server="A").next is Next.ATTACH
+    assert begin(redis_url, other, input=ORDER_JSON, server="A").next is Next.ATTACH
     assert begin(redis_url, other, poll=True, server="A", known=(1, 1)).next is Next.ATTACH
 
 
@@ -212,20 +216,21 @@ def test_lost_state_is_reported_to_waiters_and_restored_by_a_delivery(
 ) -> None:
     order_id = uid("o")
     h = keys.order(order_id)
-    begin(redis_url, order_id, order_json=ORDER_JSON, server="A")
+    begin(redis_url, order_id, input=ORDER_JSON, server="A")
     client.delete(h)
 
     lost = begin(redis_url, order_id, poll=True, server="B", known=(1, 3))
     assert (lost.next, lost.epoch, lost.run) == (Next.LOST, 1, 3)
     assert client.exists(h) == 0  # a waiter has no content to create it with
 
-    restored = begin(redis_url, order_id, order_json=ORDER_JSON, server="B", known=(1, 3))
+    restored = begin(redis_url, order_id, input=ORDER_JSON, server="B", known=(1, 3))
     assert started(restored) == (Next.START, 1, 4, "failover")
-    assert restored.order_json == ORDER_JSON
+    assert restored.input == ORDER_JSON
     stored = client.hgetall(h)
-    assert (stored["order"], stored["epoch"], stored["run"]) == (ORDER_JSON, "1", "4")
+    assert (stored["input"], stored["epoch"], stored["run"]) == (ORDER_JSON, "1", "4")
     assert (stored["status"], stored["sent_on"]) == ("RECEIVED", "B")
-    assert (stored["charges"], stored["refunds"]) == ("0", "0")
+    view = OrderState(client).view(order_id)
+    assert view is not None and (view.charges, view.refunds) == (0, 0)
     assert_times_from_redis(client, order_id, "received_ms", "updated_ms")
     assert begin(redis_url, order_id, poll=True, server="B", known=(1, 4)).next is Next.ATTACH
 
@@ -244,7 +249,7 @@ def test_a_hash_without_an_epoch_is_lost_and_its_charges_survive(
     assert (lost.next, lost.epoch, lost.run) == (Next.LOST, 2, 1)
     assert client.hgetall(h) == {"charges": "1"}
 
-    restored = begin(redis_url, order_id, order_json=ORDER_JSON, server="B", known=(2, 1))
+    restored = begin(redis_url, order_id, input=ORDER_JSON, server="B", known=(2, 1))
     assert started(restored) == (Next.START, 2, 2, "failover")
     view = state.view(order_id)
     assert view is not None
@@ -263,7 +268,7 @@ def test_a_hash_that_kept_only_its_published_mark_is_done(
     h = keys.order(order_id)
     client.hset(h, "published", "completed")
 
-    assert begin(redis_url, order_id, order_json=ORDER_JSON, server="B").next is Next.DONE
+    assert begin(redis_url, order_id, input=ORDER_JSON, server="B").next is Next.DONE
     assert begin(redis_url, order_id, poll=True, server="B", known=(1, 1)).next is Next.DONE
     assert client.hgetall(h) == {"published": "completed"}
 
@@ -272,7 +277,7 @@ def test_a_delivery_of_an_unknown_order_is_new(client: redis.Redis, redis_url: s
     order_id = uid("o")
     assert begin(redis_url, order_id, poll=True).next is Next.LOST
     assert client.exists(keys.order(order_id)) == 0
-    assert started(begin(redis_url, order_id, order_json=ORDER_JSON)) == (Next.START, 1, 1, "new")
+    assert started(begin(redis_url, order_id, input=ORDER_JSON)) == (Next.START, 1, 1, "new")
 
 
 # --- 4. replicas -------------------------------------------------------------------------
@@ -323,15 +328,20 @@ def watch_for(
     client: redis.asyncio.Redis,
     settings: Settings | None = None,
     on_change: Callable[[], None] = no_change,
-    metrics: BridgeMetrics | None = None,
+    metrics: RelayMetrics | None = None,
 ) -> RedisWatch:
-    return RedisWatch(client, settings or load_settings(), metrics or BridgeMetrics(), on_change)
+    return RedisWatch(
+        client,
+        relay_limits(settings or load_settings()),
+        metrics or RelayMetrics("orders_bridge"),
+        on_change,
+    )
 
 
 def finished_order(url: str) -> str:
     """An order begun and finalized on the server at ``url``."""
     order_id = uid("o")
-    assert begin(url, order_id, order_json=ORDER_JSON).next is Next.START
+    assert begin(url, order_id, input=ORDER_JSON).next is Next.START
     c = redis.Redis.from_url(url, decode_responses=True)
     try:
         assert OrderState(c).finalize(1, completed(order_id)) is True
@@ -348,10 +358,11 @@ def test_confirm_waits_for_the_replica(pair: tuple[RedisServer, RedisServer]) ->
         aclient = redis.asyncio.Redis.from_url(primary.url, decode_responses=True)
         try:
             t0 = time.monotonic()
-            views, acked, fsynced = await AsyncOrderState(aclient).confirm(
+            confirmed = await AsyncLedger(aclient, keys.LEDGER).confirm(
                 [order_id, missing], replicas=replicas, aof=False, timeout_ms=timeout_ms
             )
-            return views, acked, fsynced, time.monotonic() - t0
+            views = [order_view(entry) for entry in confirmed.entries]
+            return views, confirmed.acked, confirmed.fsynced, time.monotonic() - t0
         finally:
             await aclient.aclose()
 
@@ -365,7 +376,8 @@ def test_confirm_waits_for_the_replica(pair: tuple[RedisServer, RedisServer]) ->
         on_replica = rc.hgetall(keys.order(order_id))
     finally:
         rc.close()
-    assert on_replica["outcome"] == OutcomeKind.COMPLETED.value
+    assert on_replica["status"] == "COMPLETED"
+    assert Outcome.model_validate_json(on_replica["outcome"]) == completed(order_id)
     assert on_replica.get("confirmed_ms")
 
     views, acked, fsynced, elapsed = asyncio.run(confirm(2, 100))
@@ -390,17 +402,18 @@ def test_confirm_waits_for_the_primary_fsync_where_the_server_has_waitaof() -> N
             try:
                 watch = watch_for(aclient, load_settings(redis_wait_aof=True))
                 await watch.refresh()
-                confirmed = await AsyncOrderState(aclient).confirm(
+                confirmed = await AsyncLedger(aclient, keys.LEDGER).confirm(
                     [order_id], replicas=0, aof=True, timeout_ms=3000
                 )
                 return watch.waitaof, confirmed
             finally:
                 await aclient.aclose()
 
-        waitaof, (views, acked, fsynced) = asyncio.run(run())
+        waitaof, confirmed = asyncio.run(run())
     assert waitaof, "Valkey has WAITAOF and its append-only file is on"
-    assert fsynced and acked == 0
-    assert views[0] is not None and views[0].outcome == completed(order_id)
+    assert confirmed.fsynced and confirmed.acked == 0
+    view = order_view(confirmed.entries[0])
+    assert view is not None and view.outcome == completed(order_id)
 
 
 def test_the_watch_knows_a_server_without_waitaof(pair: tuple[RedisServer, RedisServer]) -> None:
@@ -427,7 +440,7 @@ def test_the_watch_knows_a_server_without_waitaof(pair: tuple[RedisServer, Redis
 def test_watch_sees_the_replicas(pair: tuple[RedisServer, RedisServer]) -> None:
     primary, _replica = pair
     changes: list[None] = []
-    metrics = BridgeMetrics()
+    metrics = RelayMetrics("orders_bridge")
 
     async def run() -> tuple[RedisWatch, RedisWatch]:
         aclient = redis.asyncio.Redis.from_url(primary.url, decode_responses=True)
@@ -495,7 +508,7 @@ def test_watch_does_not_count_a_replica_still_syncing() -> None:
 def test_watch_reports_a_restart_once() -> None:
     # A primary of its own: killing the module's would make its replica resync.
     changes: list[None] = []
-    metrics = BridgeMetrics()
+    metrics = RelayMetrics("orders_bridge")
     key = f"{keys.PREFIX}test:{uid('k')}"
     # Every write fsynced, so the kill loses nothing that was acknowledged.
     with RedisServer(appendfsync="always", extra_args=PRIMARY_ARGS) as primary:
@@ -583,10 +596,12 @@ def test_barrier_holds_outcomes_back_until_enough_replicas_ack(
     async def run(settings: Settings) -> tuple[list[Any], OutcomeBarrier]:
         aclient = redis.asyncio.Redis.from_url(primary.url, decode_responses=True)
         try:
-            metrics = BridgeMetrics()
+            metrics = RelayMetrics("orders_bridge")
             watch = watch_for(aclient, settings, metrics=metrics)
             await watch.refresh()
-            barrier = OutcomeBarrier(AsyncOrderState(aclient), watch, settings, metrics)
+            barrier = OutcomeBarrier(
+                AsyncLedger(aclient, keys.LEDGER), watch, relay_limits(settings), metrics
+            )
             # Orders finishing together share one confirm round trip.
             results = await asyncio.gather(
                 *(barrier.confirm(o) for o in orders), return_exceptions=True
@@ -610,5 +625,6 @@ def test_barrier_holds_outcomes_back_until_enough_replicas_ack(
         results, barrier = asyncio.run(run(settings))
         for order_id, view in zip(orders, results, strict=True):
             assert not isinstance(view, BaseException), view
-            assert view is not None and view.outcome == completed(order_id)
+            order = order_view(view)
+            assert order is not None and order.outcome == completed(order_id)
         assert not barrier.behind and barrier.problem == ""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.backoff import Backoff, for_attempt
+from relay.backoff import Backoff, for_attempt
 
 pytestmark = pytest.mark.unit
 

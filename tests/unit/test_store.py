@@ -1,4 +1,4 @@
-"""``bridge.store.store``: which refusals are retried, and for how long."""
+"""``relay.store.store``: which refusals are retried, and for how long."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import nats.errors
 import pytest
 from nats.js.errors import BadRequestError, NoStreamResponseError, ServiceUnavailableError
 
-from bridge.store import store
+from relay.store import store
 
 pytestmark = pytest.mark.unit
 

@@ -8,12 +8,12 @@ follow, and both live here:
 - :class:`RedisWatch` asks the server every second who it is (its ``run_id``:
   a promoted replica or a restarted server is another process) and how many
   replicas are online. A new identity is a
-  failover or a restart: the bridge re-checks every order it is waiting for at
+  failover or a restart: the bridge re-checks every entry it is waiting for at
   once (``on_change``), and the ledger re-sends every run that was sent through
   the previous server, instead of waiting for ``WORKFLOW_STALL_TIMEOUT``.
-- :class:`OutcomeBarrier` reads an order's outcome for publishing and, on the
+- :class:`OutcomeBarrier` reads an entry's outcome for publishing and, on the
   same connection, ``WAIT``\\ s until the replicas acknowledge every write before
-  it (and ``WAITAOF`` for the primary's fsync, when asked). Orders that finish
+  it (and ``WAITAOF`` for the primary's fsync, when asked). Entries that finish
   together share one round trip: requests that arrive while one is in flight
   go out together in the next.
 """
@@ -30,14 +30,14 @@ from typing import Any
 import redis.asyncio
 from redis.exceptions import RedisError, ResponseError
 
-from bridge.metrics import BridgeMetrics
-from orders.adapters.order_state import AsyncOrderState, OrderView
-from orders.settings import Settings
+from relay.config import Limits
+from relay.ledger import AsyncLedger, Entry
+from relay.metrics import RelayMetrics
 
 log = logging.getLogger(__name__)
 
 CHECK_INTERVAL_S = 1.0
-# Orders confirmed in one round trip, at most.
+# Entries confirmed in one round trip, at most.
 BARRIER_BATCH_MAX = 256
 # After replicas failed to confirm, fetching pauses this long (renewed by every
 # failure): new orders could not be finished either.
@@ -54,13 +54,13 @@ class RedisWatch:
     def __init__(
         self,
         client: redis.asyncio.Redis,
-        settings: Settings,
-        metrics: BridgeMetrics,
+        limits: Limits,
+        metrics: RelayMetrics,
         on_change: Callable[[], None],
     ) -> None:
         self._redis = client
-        self._wanted = settings.redis_wait_replicas
-        self._want_aof = settings.redis_wait_aof
+        self._wanted = limits.redis_wait_replicas
+        self._want_aof = limits.redis_wait_aof
         self._metrics = metrics
         self._on_change = on_change
         # The server's run_id, "" until first seen. Not its replication id: a primary
@@ -119,7 +119,7 @@ class RedisWatch:
         if previous and identity != previous:
             log.warning(
                 "the Redis server changed (failover or restart: %s -> %s); re-checking every "
-                "order in flight",
+                "entry in flight",
                 previous,
                 identity,
             )
@@ -139,21 +139,21 @@ def _has_waitaof(server: dict[str, Any]) -> bool:
 
 
 class OutcomeBarrier:
-    """An order's state for publishing, once the replicas hold what it rests on."""
+    """An entry for publishing its outcome, once the replicas hold what it rests on."""
 
     def __init__(
         self,
-        state: AsyncOrderState,
+        ledger: AsyncLedger,
         watch: RedisWatch,
-        settings: Settings,
-        metrics: BridgeMetrics,
+        limits: Limits,
+        metrics: RelayMetrics,
     ) -> None:
-        self._state = state
+        self._ledger = ledger
         self._watch = watch
-        self._timeout_ms = settings.redis_wait_timeout_ms
-        self._want_aof = settings.redis_wait_aof
+        self._timeout_ms = limits.redis_wait_timeout_ms
+        self._want_aof = limits.redis_wait_aof
         self._metrics = metrics
-        self._pending: list[tuple[str, asyncio.Future[OrderView | None]]] = []
+        self._pending: list[tuple[str, asyncio.Future[Entry | None]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._behind_until = 0.0
         self.problem = ""
@@ -163,12 +163,12 @@ class OutcomeBarrier:
         """Replicas failed to confirm a moment ago (the consumer pauses fetching)."""
         return time.monotonic() < self._behind_until
 
-    async def confirm(self, order_id: str) -> OrderView | None:
-        """The order's view, after every write before it reached the replicas that
+    async def confirm(self, key: str) -> Entry | None:
+        """The entry, after every write before it reached the replicas that
         :class:`RedisWatch` says to wait for. Raises :class:`ReplicasBehind` when
         they do not acknowledge within ``REDIS_WAIT_TIMEOUT_MS``, and Redis errors."""
-        future: asyncio.Future[OrderView | None] = asyncio.get_running_loop().create_future()
-        self._pending.append((order_id, future))
+        future: asyncio.Future[Entry | None] = asyncio.get_running_loop().create_future()
+        self._pending.append((key, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="outcome-barrier")
         return await future
@@ -181,8 +181,8 @@ class OutcomeBarrier:
             aof = self._want_aof and self._watch.waitaof
             started = time.monotonic()
             try:
-                views, acked, fsynced = await self._state.confirm(
-                    [order_id for order_id, _ in batch],
+                confirmed = await self._ledger.confirm(
+                    [key for key, _ in batch],
                     replicas=replicas,
                     aof=aof,
                     timeout_ms=self._timeout_ms,
@@ -192,6 +192,7 @@ class OutcomeBarrier:
                 continue
             if replicas or aof:
                 self._metrics.redis_wait.observe(time.monotonic() - started)
+            acked, fsynced = confirmed.acked, confirmed.fsynced
             if acked < replicas or not fsynced:
                 first = not self.problem
                 self._behind_until = time.monotonic() + BEHIND_PAUSE_S
@@ -208,12 +209,12 @@ class OutcomeBarrier:
                 log.info("Redis replicas acknowledge again; publishing held outcomes")
             self._behind_until = 0.0
             self.problem = ""
-            for (_order_id, future), view in zip(batch, views, strict=True):
+            for (_key, future), entry in zip(batch, confirmed.entries, strict=True):
                 if not future.done():
-                    future.set_result(view)
+                    future.set_result(entry)
 
 
-def _settle(batch: list[tuple[str, asyncio.Future[OrderView | None]]], exc: Exception) -> None:
-    for _order_id, future in batch:
+def _settle(batch: list[tuple[str, asyncio.Future[Entry | None]]], exc: Exception) -> None:
+    for _key, future in batch:
         if not future.done():
             future.set_exception(exc)

@@ -23,7 +23,7 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import BadRequestError
 
-from bridge.backoff import Backoff
+from relay.backoff import Backoff
 
 log = logging.getLogger(__name__)
 

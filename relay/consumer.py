@@ -1,6 +1,7 @@
 """The fetch loop: pull batches from the durable consumer, process each message
-concurrently up to ``BRIDGE_MAX_IN_FLIGHT``, keep long workflows alive with
-``in_progress()``, notice a stalled or deleted consumer, and drain on shutdown."""
+concurrently up to ``max_in_flight``, settle each with its disposition, keep long
+workflows alive with ``in_progress()``, notice a stalled or deleted consumer, and
+drain on shutdown."""
 
 from __future__ import annotations
 
@@ -9,18 +10,20 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from bridge.backoff import Backoff
-from bridge.metrics import BridgeMetrics
-from bridge.processor import OrderProcessor
-from bridge.topology import ensure_topology
-from orders import names
-from orders.settings import Settings
+from relay import tracing
+from relay.backoff import Backoff
+from relay.config import Limits, Names
+from relay.metrics import RelayMetrics
+from relay.processor import Processor
+from relay.settle import Settler
+from relay.topology import ensure_topology
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +37,18 @@ class Consumer:
     def __init__(
         self,
         js: JetStreamContext,
-        processor: OrderProcessor,
-        settings: Settings,
-        metrics: BridgeMetrics,
+        processor: Processor[Any],
+        names: Names,
+        limits: Limits,
+        metrics: RelayMetrics,
         connected: Callable[[], bool],
     ) -> None:
         self._js = js
         self._connected = connected
         self._processor = processor
-        self._settings = settings
+        self._settler = Settler(js, names, limits, metrics)
+        self._names = names
+        self._limits = limits
         self._metrics = metrics
         self._in_flight: dict[asyncio.Task[None], Msg] = {}
         self._slot_free = asyncio.Event()
@@ -79,7 +85,7 @@ class Consumer:
             await self._drain()
 
     async def _fetch_loop(self) -> None:
-        max_in_flight = self._settings.bridge_max_in_flight
+        max_in_flight = self._limits.max_in_flight
         sub: JetStreamContext.PullSubscription | None = None
         backoff = Backoff(0.1, 5.0)
         try:
@@ -103,7 +109,7 @@ class Consumer:
                     continue
                 try:
                     msgs = await sub.fetch(
-                        min(free, self._settings.bridge_fetch_batch), timeout=FETCH_TIMEOUT_S
+                        min(free, self._limits.fetch_batch), timeout=FETCH_TIMEOUT_S
                     )
                 except (nats.errors.TimeoutError, TimeoutError):
                     # Nothing to fetch (nats-py raises either class for an empty batch).
@@ -139,11 +145,11 @@ class Consumer:
     ) -> JetStreamContext.PullSubscription | None:
         self._resubscribe.clear()
         if old is not None:
-            log.info("re-subscribing to consumer %s", names.DURABLE_CONSUMER)
+            log.info("re-subscribing to consumer %s", self._names.consumer)
             with contextlib.suppress(Exception):
                 await old.unsubscribe()
         try:
-            sub = await self._js.pull_subscribe_bind(names.DURABLE_CONSUMER, names.ORDERS_STREAM)
+            sub = await self._js.pull_subscribe_bind(self._names.consumer, self._names.stream)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -162,16 +168,16 @@ class Consumer:
         the server holds messages for it (nats-io/nats.py#504, after a server
         restart) is replaced. Until it consumes again, :meth:`problem` says why.
         """
-        stall_s = self._settings.consumer_stall_timeout.total_seconds()
+        stall_s = self._limits.consumer_stall_timeout_s
         while True:
             await asyncio.sleep(CONSUMER_CHECK_INTERVAL_S)
             try:
-                info = await self._js.consumer_info(names.ORDERS_STREAM, names.DURABLE_CONSUMER)
+                info = await self._js.consumer_info(self._names.stream, self._names.consumer)
             except NotFoundError:
-                self._problem = f"consumer {names.DURABLE_CONSUMER} is missing"
+                self._problem = f"consumer {self._names.consumer} is missing"
                 log.warning("%s: re-creating it", self._problem)
                 with contextlib.suppress(Exception):
-                    await ensure_topology(self._js, self._settings)
+                    await ensure_topology(self._js, self._names, self._limits)
                 self.resubscribe()
                 continue
             except asyncio.CancelledError:
@@ -192,7 +198,7 @@ class Consumer:
                 self._fetch_failing_since = now
                 self.resubscribe()
                 continue
-            starved = len(self._in_flight) < self._settings.bridge_max_in_flight
+            starved = len(self._in_flight) < self._limits.max_in_flight
             if info.num_pending == 0 or not starved:
                 self._last_progress = now  # nothing due to us: idle is healthy
             idle_for = now - self._last_progress
@@ -209,10 +215,21 @@ class Consumer:
 
     def _start(self, msg: Msg) -> None:
         self._metrics.received.inc()
-        task = asyncio.create_task(self._processor.handle(msg))
+        task = asyncio.create_task(self.deliver(msg))
         self._in_flight[task] = msg
         self._metrics.in_flight.set(len(self._in_flight))
         task.add_done_callback(self._finished)
+
+    async def deliver(self, msg: Msg) -> None:
+        """One delivery, processed and settled inside its span: the only place a
+        message is acked, nak'd or terminated (:class:`~relay.settle.Settler`)."""
+        started = time.monotonic()
+        try:
+            with tracing.process_span(msg, self._names.consumer):
+                disposition = await self._processor.handle(msg)
+                await self._settler.settle(msg, disposition)
+        finally:
+            self._metrics.latency.observe(time.monotonic() - started)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)
@@ -224,7 +241,7 @@ class Consumer:
     async def _heartbeat(self) -> None:
         # Tell JetStream we are still working well before ack_wait runs out, so a
         # slow workflow is not redelivered to another bridge meanwhile.
-        interval = self._settings.ack_wait.total_seconds() / 3
+        interval = self._limits.ack_wait_s / 3
         while True:
             await asyncio.sleep(interval)
             for msg in list(self._in_flight.values()):
@@ -242,7 +259,7 @@ class Consumer:
     async def _drain(self) -> None:
         if not self._in_flight:
             return
-        timeout = self._settings.drain_timeout.total_seconds()
+        timeout = self._limits.drain_timeout_s
         log.info("draining %d in-flight messages (up to %.0fs)", len(self._in_flight), timeout)
         _done, pending = await asyncio.wait(list(self._in_flight), timeout=timeout)
         for task in pending:

@@ -1,4 +1,4 @@
-"""The bridge's HTTP endpoints for orchestrators: ``/health``, ``/ready``, ``/metrics``."""
+"""A relay process's HTTP endpoints for orchestrators: ``/health``, ``/ready``, ``/metrics``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from bridge.metrics import BridgeMetrics
+from relay.metrics import RelayMetrics
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ def create_app(
     *,
     alive: Callable[[], bool],
     readiness_checks: dict[str, Check],
-    metrics: BridgeMetrics,
+    metrics: RelayMetrics,
 ) -> web.Application:
     """``alive``: the process is connected to NATS. ``readiness_checks``: each must
     return within :data:`CHECK_TIMEOUT_S` without raising for ``/ready`` to be 200."""

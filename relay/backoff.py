@@ -1,6 +1,6 @@
-"""Exponential backoff, the one way the bridge waits before trying again.
+"""Exponential backoff, the one way the relay waits before trying again.
 
-Every retry loop of the bridge (fetching, the completion stream, storing an
+Every retry loop of the relay (fetching, the completion stream, storing an
 outcome, waiting for the Redis replicas, the nak delay of a failed delivery)
 doubles its pause up to a cap. With jitter each pause is a random 50-100 % of
 its nominal value, so that many orders failing together do not retry in step.
@@ -38,3 +38,13 @@ def for_attempt(attempt: int, first: float, cap: float) -> float:
 
 def jittered(seconds: float) -> float:
     return seconds * random.uniform(0.5, 1.0)
+
+
+# The first nak of a message waits this long; each later delivery twice as long.
+NAK_DELAY_FIRST_S = 0.5
+
+
+def nak_delay(deliveries: int, cap: float) -> float:
+    """The delay of a nak after delivery number ``deliveries``: never zero, since a
+    bare nak redelivers at once and burns the delivery budget."""
+    return for_attempt(deliveries, NAK_DELAY_FIRST_S, cap)

@@ -1,14 +1,16 @@
-"""``OrderProcessor.handle`` with fakes at every port: one delivery, one disposition.
+"""The relay's processor and settler on one delivery: one delivery, one disposition.
 
-Every test asserts that the message ends in exactly one of ack, nak with a positive
-delay, or term after its dead letter is stored (watermill's rule), and the side
-effects around it, in order, from one shared event log:
+The orders application (``bridge.app``) runs on the real ledger: its Lua scripts
+on a real Redis (the session's server, under a key prefix of each test's own).
+Every test asserts that the message ends in exactly one of ack, nak with a
+positive delay, or term after its dead letter is stored (watermill's rule), and
+the side effects around it, in order, from one shared event log:
 
 - :class:`FakeMsg` records ``ack`` / ``nak`` / ``term``;
 - :class:`FakeJetStream` records each publish (``publish <subject>``) and can fail;
-- :class:`FakeState` is ``AsyncOrderState`` in memory, following the Lua scripts of
-  ``orders.adapters.order_state`` rule for rule, and plays the worker side too
-  (``finish`` / ``report_error``, which wake the watcher as the scripts' ``XADD`` does);
+- :class:`RecordingLedger` is the real ``AsyncLedger``, recording ``abandon`` and
+  ``mark_published``; the workers' side is the real ``Ledger`` (``finish`` /
+  ``report_error``, which wake the watcher as the stream entry would);
 - :class:`FakeDispatcher` records the canvases sent (``send workflow`` /
   ``send compensation``); its ``on_workflow`` hook plays the workers.
 """
@@ -16,9 +18,9 @@ effects around it, in order, from one shared event log:
 from __future__ import annotations
 
 import asyncio
-import time
+import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -26,6 +28,8 @@ from typing import Any, cast
 
 import nats.errors
 import pytest
+import redis
+import redis.asyncio
 from celery.canvas import Signature
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -34,20 +38,24 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from bridge import codec
-from bridge.metrics import BridgeMetrics
-from bridge.processor import Deps, OrderProcessor
-from bridge.redis_watch import ReplicasBehind
-from bridge.topology import SERVER_DELIVERY_GRACE
+from bridge.app import NAMES, OrderApplication, relay_limits
 from orders import names
-from orders.adapters.order_state import DEAD_LETTERED, Begin, Next, OrderView, _view
+from orders.adapters.order_state import OrderView, order_view, outcome_record
 from orders.bootstrap import limits
 from orders.celery_app import create_app
 from orders.domain.model import FailureReason, Outcome, OutcomeKind, RawItem, RawOrder
 from orders.settings import Settings, load_settings
 from orders.telemetry import ORDER_ID as ORDER_ID_ATTRIBUTE
 from orders.telemetry import OrderIdSpanProcessor
+from relay.consumer import Consumer
+from relay.keys import LedgerKeys
+from relay.ledger import DEAD_LETTERED, AsyncLedger, Begin, Entry, Ledger
+from relay.metrics import RelayMetrics
+from relay.processor import Deps, Processor
+from relay.redis_watch import ReplicasBehind
+from relay.topology import SERVER_DELIVERY_GRACE
 
-pytestmark = pytest.mark.unit
+pytestmark = pytest.mark.integration
 
 MAX_DELIVERIES = 3
 SETTINGS = load_settings(
@@ -58,6 +66,16 @@ SETTINGS = load_settings(
 )
 ORDER_ID = "order-1"
 SEQ = 42  # the input message's stream sequence
+
+
+@pytest.fixture(autouse=True)
+def _redis(redis_url: str) -> Iterator[None]:
+    global REDIS_URL
+    REDIS_URL = redis_url
+    yield
+
+
+REDIS_URL = ""
 
 
 # --- fakes at the ports ------------------------------------------------------------
@@ -144,7 +162,7 @@ class FakeJetStream:
 
 
 class FakeWatcher:
-    """``CompletionWatcher`` without the Redis stream: ``wake`` is an entry read."""
+    """``CompletionWatcher`` without reading the stream: ``wake`` is an entry read."""
 
     def __init__(self) -> None:
         self.waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
@@ -166,171 +184,56 @@ class FakeWatcher:
             event.set()
 
 
-class FakeState:
-    """``AsyncOrderState`` in memory: one dict of strings per order, as in the Redis
-    hash, changed by the rules of ``_BEGIN``, ``_FINALIZE``, ``_RECORD_ERROR`` and
-    ``_ABANDON``; views are parsed by the adapter's own ``_view``."""
+class RecordingLedger(AsyncLedger):
+    """The real ledger, recording the calls the event log shows; ``before_abandon``
+    stages a race with the workers."""
 
-    def __init__(self, watcher: FakeWatcher, events: list[str]) -> None:
-        self.hashes: dict[str, dict[str, str]] = {}
-        self.before_abandon: Callable[[], None] | None = None  # to stage a race
-        self._watcher = watcher
-        self._events = events
+    def __init__(self, client: redis.asyncio.Redis, keys: LedgerKeys, world: World) -> None:
+        super().__init__(client, keys)
+        self._world = world
 
-    # -- the bridge's API ------------------------------------------------------------
+    async def abandon(self, key: str, epoch: int, detail: str) -> bool:
+        if self._world.before_abandon is not None:
+            self._world.before_abandon()
+        abandoned = await super().abandon(key, epoch, detail)
+        if abandoned:
+            self._world.events.append("abandon")
+            self._world.watcher.wake(key)
+        return abandoned
 
-    async def begin(
-        self,
-        order_id: str,
-        stall_timeout_s: float,
-        *,
-        poll: bool = False,
-        order_json: str = "",
-        server: str = "",
-        known: tuple[int, int] = (0, 0),
-    ) -> Begin:
-        now = _now_ms()
-        h = self.hashes.get(order_id)
-        if h is None or "epoch" not in h:
-            if poll:
-                return Begin(Next.LOST, *known)
-            epoch, run = max(known[0], 1), known[1] + 1
-            self.hashes[order_id] = {
-                "status": "RECEIVED",
-                "epoch": str(epoch),
-                "run": str(run),
-                "charges": "0",
-                "refunds": "0",
-                "received_ms": str(now),
-                "updated_ms": str(now),
-                "order": order_json,
-                "sent_on": server,
-                **(h or {}),
-            }
-            cause = "failover" if known[1] else "new"
-            return Begin(Next.START, epoch, run, "", order_json, cause)
-        stored = h.get("order") or order_json
-        epoch, run = int(h.get("epoch") or 1), int(h.get("run") or 0)
-        if h.get("published"):
-            return Begin(Next.DONE, epoch, run)
-        if h.get("outcome"):
-            return Begin(Next.PUBLISH, epoch, run)
-        if poll:
-            if h.get("dead") == "1":
-                return Begin(Next.ERRORED, epoch, run, "order was dead-lettered")
-            if h.get("error"):
-                return Begin(Next.ERRORED, epoch, run, h["error"])
-        if h.get("dead") == "1":
-            epoch += 1
-            h.update(epoch=str(epoch), run="1", dead="", error="", status="RECEIVED")
-            h.update(reason="", detail="", updated_ms=str(now), sent_on=server)
-            return Begin(Next.START, epoch, 1, "", stored, "new")
-        stall_ms = int(stall_timeout_s * 1000) * 2 ** min(max(run - 1, 0), 3)
-        cause = ""
-        if server and h.get("sent_on") and h["sent_on"] != server:
-            cause = "failover"
-        elif h.get("error"):
-            cause = "retry"
-        elif now - int(h.get("updated_ms") or 0) > stall_ms:
-            cause = "stalled"
-        if cause:
-            run = max(run, known[1]) + 1
-            h.update(run=str(run), error="", updated_ms=str(now), sent_on=server)
-            return Begin(Next.START, epoch, run, "", stored, cause)
-        return Begin(Next.ATTACH, epoch, run, "", stored)
-
-    async def finalize(self, epoch: int, outcome: Outcome) -> bool:
-        return self.finish(epoch, outcome)
-
-    async def abandon(self, order_id: str, epoch: int, detail: str) -> bool:
-        if self.before_abandon is not None:
-            self.before_abandon()
-        h = self.hashes.get(order_id, {})
-        if h.get("epoch") != str(epoch) or h.get("outcome"):
-            return False
-        h.update(dead="1", status="FAILED", reason=DEAD_LETTERED, detail=detail, error="")
-        h.update(updated_ms=str(_now_ms()))
-        self._events.append("abandon")
-        self._watcher.wake(order_id)
-        return True
-
-    async def mark_unsent(self, order_id: str) -> None:
-        self.hashes.setdefault(order_id, {})["error"] = "workflow could not be sent"
-
-    async def mark_published(self, order_id: str, kind: OutcomeKind) -> None:
-        self.hashes.setdefault(order_id, {})["published"] = kind.value
-        self._events.append("mark_published")
-
-    async def view(self, order_id: str) -> OrderView | None:
-        return _view(order_id, dict(self.hashes.get(order_id, {})))
-
-    # -- the workers' side -------------------------------------------------------------
-
-    def finish(self, epoch: int, outcome: Outcome) -> bool:
-        """``_FINALIZE``: once per epoch, never in a dead one."""
-        h = self._recordable(outcome.order_id, epoch)
-        if h is None:
-            return False
-        h.update(
-            outcome=outcome.kind.value,
-            status=outcome.status.value,
-            reason=outcome.reason.value if outcome.reason else "",
-            detail=outcome.detail,
-            payment_id=outcome.payment_id,
-            total_minor=str(outcome.total_minor),
-            currency=outcome.currency,
-            error="",
-            updated_ms=str(_now_ms()),
-        )
-        self._watcher.wake(outcome.order_id)
-        return True
-
-    def report_error(self, order_id: str, epoch: int, detail: str) -> bool:
-        """``_RECORD_ERROR``: a step gave up on a transient fault."""
-        h = self._recordable(order_id, epoch)
-        if h is None:
-            return False
-        h.update(error=detail, updated_ms=str(_now_ms()))
-        self._watcher.wake(order_id)
-        return True
-
-    def _recordable(self, order_id: str, epoch: int) -> dict[str, str] | None:
-        h = self.hashes.get(order_id, {})
-        if h.get("epoch") != str(epoch) or h.get("outcome") or h.get("dead") == "1":
-            return None
-        return h
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
+    async def mark_published(self, key: str, label: str) -> None:
+        await super().mark_published(key, label)
+        self._world.events.append("mark_published")
 
 
 class FakeWatch:
     """``RedisWatch``: the identity of the Redis server the bridge talks to."""
 
     def __init__(self) -> None:
-        self.identity = "server-a/replid-a"
+        self.identity = "server-a"
 
     async def current_identity(self) -> str:
         return self.identity
 
 
 class FakeBarrier:
-    """``OutcomeBarrier`` over :class:`FakeState`: the replicas acknowledge at once,
+    """``OutcomeBarrier`` over the real ledger: the replicas acknowledge at once,
     unless ``behind`` says for how many more calls they do not (``-1``: never)."""
 
-    def __init__(self, state: FakeState, events: list[str]) -> None:
+    def __init__(self, world: World) -> None:
         self.behind = 0
-        self._state = state
-        self._events = events
+        self._world = world
 
-    async def confirm(self, order_id: str) -> OrderView | None:
+    async def confirm(self, key: str) -> Entry | None:
         if self.behind:
             self.behind -= 1 if self.behind > 0 else 0
-            self._events.append("replicas behind")
+            self._world.events.append("replicas behind")
             raise ReplicasBehind("0 of 1 Redis replicas acknowledged within 1000 ms")
-        self._events.append("replicated")
-        return await self._state.view(order_id)
+        self._world.events.append("replicated")
+        ledger = self._world.ledger
+        assert ledger is not None
+        confirmed = await ledger.confirm([key], replicas=0, aof=False, timeout_ms=1000)
+        return confirmed.entries[0]
 
 
 @dataclass(frozen=True)
@@ -371,43 +274,87 @@ class FakeDispatcher:
 
 @dataclass
 class World:
+    """One bridge's processor and consumer over fakes at NATS and Celery, and the
+    real ledger under a key prefix of its own."""
+
     events: list[str] = field(default_factory=list)
     settings: Settings = SETTINGS
 
     def __post_init__(self) -> None:
+        self.keys = LedgerKeys(f"test-{uuid.uuid4().hex[:12]}:", "order")
+        self.redis = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+        self.worker = Ledger(self.redis, self.keys)  # the workers' side
         self.js = FakeJetStream(self.events)
         self.watcher = FakeWatcher()
-        self.state = FakeState(self.watcher, self.events)
         self.watch = FakeWatch()
-        self.barrier = FakeBarrier(self.state, self.events)
+        self.barrier = FakeBarrier(self)
         self.dispatcher = FakeDispatcher(self.events)
-        self.metrics = BridgeMetrics()
-        self.processor = OrderProcessor(
-            Deps(
-                js=cast(Any, self.js),
-                state=cast(Any, self.state),
-                watch=cast(Any, self.watch),
-                barrier=cast(Any, self.barrier),
-                watcher=cast(Any, self.watcher),
-                dispatcher=cast(Any, self.dispatcher),
-                celery=create_app(self.settings),
-                settings=self.settings,
-                limits=limits(self.settings),
-                metrics=self.metrics,
-            )
+        self.metrics = RelayMetrics(NAMES.metrics_prefix)
+        self.before_abandon: Callable[[], None] | None = None
+        self.ledger: RecordingLedger | None = None  # for the delivery being handled
+        self.app = OrderApplication(
+            create_app(self.settings), limits(self.settings), self.settings.max_message_bytes
         )
 
     def deliver(self, data: bytes, delivered: int = 1) -> FakeMsg:
         """One delivery handled to its end; the event log starts afresh."""
         self.events.clear()
         msg = FakeMsg(data, self.events, delivered=delivered)
-        asyncio.run(self.processor.handle(cast(Any, msg)))
+        self.run(lambda consumer, _processor: consumer.deliver(cast(Any, msg)))
         return msg
 
+    def run(self, job: Callable[[Consumer, Processor[Any]], Any]) -> Any:
+        """``job(consumer, processor)`` in an event loop of its own, as one bridge."""
+
+        async def main() -> Any:
+            client = redis.asyncio.Redis.from_url(REDIS_URL, decode_responses=True)
+            self.ledger = RecordingLedger(client, self.keys, self)
+            limits = relay_limits(self.settings)
+            processor: Processor[Any] = Processor(
+                Deps(
+                    app=self.app,
+                    names=NAMES,
+                    limits=limits,
+                    js=cast(Any, self.js),
+                    ledger=self.ledger,
+                    watch=cast(Any, self.watch),
+                    barrier=cast(Any, self.barrier),
+                    watcher=cast(Any, self.watcher),
+                    dispatcher=cast(Any, self.dispatcher),
+                    metrics=self.metrics,
+                )
+            )
+            consumer = Consumer(
+                cast(Any, self.js), processor, NAMES, limits, self.metrics, lambda: True
+            )
+            try:
+                return await job(consumer, processor)
+            finally:
+                await client.aclose()
+
+        return asyncio.run(main())
+
+    def begin(self, stall_timeout_s: float = 90, **kwargs: Any) -> Begin:
+        """The ledger's ``begin`` for :data:`ORDER_ID`, as a bridge that then died."""
+        return cast(
+            Begin,
+            self.run(lambda *_: self._ledger().begin(ORDER_ID, stall_timeout_s, **kwargs)),
+        )
+
+    def abandon(self, epoch: int, detail: str) -> bool:
+        return cast(bool, self.run(lambda *_: self._ledger().abandon(ORDER_ID, epoch, detail)))
+
+    def _ledger(self) -> RecordingLedger:
+        assert self.ledger is not None
+        return self.ledger
+
     def view(self) -> OrderView:
-        view = asyncio.run(self.state.view(ORDER_ID))
+        view = order_view(self.worker.entry(ORDER_ID))
         assert view is not None
         return view
+
+    def hash(self) -> dict[str, str]:
+        return cast(dict[str, str], self.redis.hgetall(self.keys.entry(ORDER_ID)))
 
     def dead_lettered(self, cause: str) -> float | None:
         return self.metrics.registry.get_sample_value(
@@ -416,13 +363,24 @@ class World:
 
     # -- the workers' behaviour -------------------------------------------------------
 
+    def finish(self, epoch: int, outcome: Outcome) -> bool:
+        """The workflow's last step (``finalize.lua``), and the wake-up its stream
+        entry would bring."""
+        recorded = self.worker.finalize(outcome.order_id, epoch, *outcome_record(outcome))
+        self.watcher.wake(outcome.order_id)
+        return recorded
+
+    def report_error(self, epoch: int, detail: str) -> bool:
+        """A step gave up on a transient fault (``record_error.lua``)."""
+        recorded = self.worker.record_error(ORDER_ID, epoch, detail)
+        self.watcher.wake(ORDER_ID)
+        return recorded
+
     def workers_complete(self) -> None:
-        self.dispatcher.on_workflow = lambda sent: self.state.finish(sent.epoch, COMPLETED)
+        self.dispatcher.on_workflow = lambda sent: self.finish(sent.epoch, COMPLETED) and None
 
     def workers_fail(self, detail: str = "payments: gateway timed out") -> None:
-        self.dispatcher.on_workflow = lambda sent: self.state.report_error(
-            ORDER_ID, sent.epoch, detail
-        )
+        self.dispatcher.on_workflow = lambda sent: self.report_error(sent.epoch, detail) and None
 
 
 def order_bytes(order_id: str = ORDER_ID, **changes: Any) -> bytes:
@@ -489,7 +447,7 @@ def test_poison_is_dead_lettered_unchanged_then_terminated(data: bytes, reason: 
     letter = the_dead_letter(w, deliveries=1)
     assert letter.payload == data
     assert reason in letter.headers[names.HDR_DLQ_REASON]
-    assert w.dispatcher.sent == [] and w.state.hashes == {}
+    assert w.dispatcher.sent == [] and w.hash() == {}
     assert w.dead_lettered("poison") == 1
 
 
@@ -540,7 +498,7 @@ def test_valid_order_runs_its_workflow_once_and_acks_after_the_outcome_is_stored
 
 def test_a_stalled_workflow_is_sent_again_as_a_new_run() -> None:
     w = World()
-    runs = iter([lambda sent: None, lambda sent: w.state.finish(sent.epoch, COMPLETED)])
+    runs = iter([lambda sent: None, lambda sent: w.finish(sent.epoch, COMPLETED)])
     w.dispatcher.on_workflow = lambda sent: next(runs)(sent)
     msg = w.deliver(order_bytes())
 
@@ -564,8 +522,8 @@ def test_already_published_order_is_only_acked() -> None:
 
 def test_outcome_decided_but_not_published_is_published_without_a_workflow() -> None:
     w = World()
-    asyncio.run(w.state.begin(ORDER_ID, 90))
-    w.state.finish(1, COMPLETED)  # then the bridge crashed before publishing
+    w.begin(90)
+    w.finish(1, COMPLETED)  # then the bridge crashed before publishing
 
     msg = w.deliver(order_bytes(), delivered=2)
 
@@ -664,10 +622,10 @@ def test_a_redis_failover_re_sends_the_workflow_at_once_not_after_the_stall_time
 
     def workers(sent: Sent) -> None:
         if sent.run == 1:  # its messages die with the primary; the bridge notices
-            w.watch.identity = "server-b/replid-b"
+            w.watch.identity = "server-b"
             asyncio.get_running_loop().call_soon(w.watcher.wake, ORDER_ID)
         else:
-            w.state.finish(sent.epoch, COMPLETED)
+            w.finish(sent.epoch, COMPLETED)
 
     w.dispatcher.on_workflow = workers
     msg = w.deliver(order_bytes())
@@ -685,8 +643,8 @@ def test_a_redis_failover_re_sends_the_workflow_at_once_not_after_the_stall_time
 
 def test_a_redelivery_after_a_failover_re_sends_a_run_sent_through_the_old_server() -> None:
     w = World(settings=SETTINGS.model_copy(update={"workflow_stall_timeout": timedelta(hours=1)}))
-    asyncio.run(w.state.begin(ORDER_ID, 3600, server=w.watch.identity))  # then the bridge died
-    w.watch.identity = "server-b/replid-b"
+    w.begin(3600, server=w.watch.identity)  # then the bridge died
+    w.watch.identity = "server-b"
     w.workers_complete()
 
     msg = w.deliver(order_bytes(), delivered=2)
@@ -700,10 +658,10 @@ def test_state_a_failover_lost_is_restored_with_a_new_run_and_the_order_complete
 
     def workers(sent: Sent) -> None:
         if sent.run == 1:  # the new primary never heard of the order
-            del w.state.hashes[ORDER_ID]
+            w.redis.delete(w.keys.entry(ORDER_ID))
             asyncio.get_running_loop().call_soon(w.watcher.wake, ORDER_ID)
         else:
-            w.state.finish(sent.epoch, COMPLETED)
+            w.finish(sent.epoch, COMPLETED)
 
     w.dispatcher.on_workflow = workers
     msg = w.deliver(order_bytes())
@@ -719,8 +677,8 @@ def test_an_outcome_gone_before_it_is_replicated_is_not_published() -> None:
     w.workers_complete()
     original = w.barrier.confirm
 
-    async def failed_over(order_id: str) -> OrderView | None:
-        w.state.hashes[order_id].pop("outcome")  # the new primary had not received it
+    async def failed_over(order_id: str) -> Entry | None:
+        w.redis.hdel(w.keys.entry(order_id), "outcome")  # the new primary had not received it
         return await original(order_id)
 
     w.barrier.confirm = failed_over  # type: ignore[method-assign]
@@ -775,7 +733,7 @@ def test_a_delivery_past_the_last_finishes_an_earlier_give_up_without_a_new_work
     w.workers_fail()
     w.deliver(order_bytes())
     # That give-up marked the order dead, then its dead letter was never stored.
-    asyncio.run(w.state.abandon(ORDER_ID, 1, "transient failures outlasted 3 deliveries: x"))
+    w.abandon(1, "transient failures outlasted 3 deliveries: x")
     w.events.clear()
 
     msg = w.deliver(order_bytes(), MAX_DELIVERIES + 1)
@@ -809,7 +767,7 @@ def test_giving_up_publishes_an_outcome_recorded_meanwhile_instead_of_dead_lette
     w = World()
     w.workers_fail()
     w.deliver(order_bytes())
-    w.state.finish(1, COMPLETED)  # the workflow's last retry succeeded after all
+    w.finish(1, COMPLETED)  # the workflow's last retry succeeded after all
 
     msg = w.deliver(order_bytes(), MAX_DELIVERIES + 1)
 
@@ -821,7 +779,7 @@ def test_giving_up_publishes_an_outcome_recorded_meanwhile_instead_of_dead_lette
 def test_an_outcome_that_wins_the_race_with_abandon_is_published() -> None:
     w = World()
     w.workers_fail()
-    w.state.before_abandon = lambda: w.state.finish(1, COMPLETED)
+    w.before_abandon = lambda: w.finish(1, COMPLETED) and None
 
     msg = w.deliver(order_bytes(), MAX_DELIVERIES)
 
@@ -876,15 +834,15 @@ def test_cancellation_propagates_and_leaves_the_message_to_the_consumer() -> Non
     w = World()  # the workflow never reports
     msg = FakeMsg(order_bytes(), w.events)
 
-    async def shut_down_while_waiting() -> None:
-        task = asyncio.create_task(w.processor.handle(cast(Any, msg)))
+    async def shut_down_while_waiting(consumer: Consumer, _processor: Any) -> None:
+        task = asyncio.create_task(consumer.deliver(cast(Any, msg)))
         while not w.dispatcher.sent:
             await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
 
-    asyncio.run(shut_down_while_waiting())
+    w.run(shut_down_while_waiting)
 
     assert msg.calls == []  # the consumer naks it on the way out
     assert w.watcher.waiters == {}
@@ -902,7 +860,7 @@ def test_a_later_message_with_other_content_follows_the_order_as_first_stored() 
         total_amount=10.0,
         currency="USD",
     )
-    asyncio.run(w.state.begin(ORDER_ID, 60, order_json=first.model_dump_json()))
+    w.begin(60, input=first.model_dump_json())
 
     msg = w.deliver(order_bytes(total_amount=99.0))  # same id, a total that does not match
 
@@ -952,7 +910,7 @@ def test_a_delivery_continues_the_producers_trace_to_its_outcome(
     w.workers_complete()
     msg = FakeMsg(order_bytes(), w.events)
     msg.headers, producer_span_id = produced(msg.data)
-    asyncio.run(w.processor.handle(cast(Any, msg)))
+    w.run(lambda consumer, _processor: consumer.deliver(cast(Any, msg)))
 
     by_name = {s.name: s for s in spans.get_finished_spans()}
     process, publish = by_name["process ORDER.created"], by_name["publish ORDER.completed"]

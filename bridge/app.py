@@ -1,0 +1,134 @@
+"""The order application as the relay sees it: ``OrderCreated`` in, a chord per
+order, ``ORDER.completed`` / ``ORDER.failed`` out (``shared/CONTRACT.md``).
+
+Each hook is a line or two over the codec, the domain and the workflow; the
+relay (:mod:`relay.processor`) does the rest.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+
+from celery import Celery
+from celery.canvas import Signature
+from nats.js import JetStreamContext
+
+from bridge import codec
+from bridge.tracing import order_context
+from orders import names
+from orders.adapters import redis_keys
+from orders.adapters.order_state import outcome_record
+from orders.domain.model import FailureReason, Invalid, Order, Outcome, OutcomeKind, RawOrder
+from orders.domain.settlement import failed_outcome
+from orders.domain.validation import Limits, unusable_order_id, validate_order
+from orders.settings import Settings
+from orders.workflow import compensation, order_workflow
+from relay import config
+from relay.application import Decided, OutcomeMessage
+from relay.topology import ensure_topology
+
+NAMES = config.Names(
+    stream=names.ORDERS_STREAM,
+    subjects=names.ORDERS_SUBJECTS,
+    input_subject=names.SUBJECT_CREATED,
+    consumer=names.DURABLE_CONSUMER,
+    dlq_stream=names.DLQ_STREAM,
+    dlq_subjects=names.DLQ_SUBJECTS,
+    dlq_subject=names.SUBJECT_DLQ_CREATED,
+    dlq_reason_header=names.HDR_DLQ_REASON,
+    dlq_subject_header=names.HDR_DLQ_SUBJECT,
+    dlq_sequence_header=names.HDR_DLQ_SEQUENCE,
+    dlq_deliveries_header=names.HDR_DLQ_DELIVERIES,
+    redis_prefix=redis_keys.LEDGER.prefix,
+    entry_word=redis_keys.LEDGER.entry_word,
+    span_prefix="orders",
+    metrics_prefix="orders_bridge",
+)
+
+
+def relay_limits(settings: Settings) -> config.Limits:
+    """The relay's timing from the bridge's settings (the README's table)."""
+    return config.Limits(
+        max_deliveries=settings.max_deliveries,
+        ack_wait_s=settings.ack_wait.total_seconds(),
+        max_in_flight=settings.bridge_max_in_flight,
+        fetch_batch=settings.bridge_fetch_batch,
+        max_message_bytes=settings.max_message_bytes,
+        stall_timeout_s=settings.workflow_stall_timeout.total_seconds(),
+        consumer_stall_timeout_s=settings.consumer_stall_timeout.total_seconds(),
+        drain_timeout_s=settings.drain_timeout.total_seconds(),
+        publish_retry_window_s=settings.publish_retry_window.total_seconds(),
+        nak_delay_max_s=settings.nak_delay_max.total_seconds(),
+        redis_wait_replicas=settings.redis_wait_replicas,
+        redis_wait_timeout_ms=settings.redis_wait_timeout_ms,
+        redis_wait_aof=settings.redis_wait_aof,
+        max_age_s=settings.orders_max_age.total_seconds(),
+        duplicate_window_s=settings.orders_duplicate_window.total_seconds(),
+        stream_replicas=settings.stream_replicas,
+    )
+
+
+class OrderApplication:
+    """:class:`relay.application.Application` for orders: the item is the order as
+    decoded (:class:`RawOrder`), validated again where a hook needs a valid one."""
+
+    def __init__(self, celery: Celery, limits: Limits, max_message_bytes: int) -> None:
+        self._celery = celery
+        self._limits = limits
+        self._max_bytes = max_message_bytes
+
+    def decode(self, data: bytes) -> RawOrder:
+        raw = codec.decode_order_created(data, max_bytes=self._max_bytes)
+        if problem := unusable_order_id(raw.order_id, self._limits):
+            raise codec.PoisonMessage(problem)
+        return raw
+
+    def key(self, item: RawOrder) -> str:
+        return item.order_id
+
+    def dump(self, item: RawOrder) -> str:
+        return item.model_dump_json()
+
+    def load(self, stored: str) -> RawOrder:
+        return RawOrder.model_validate_json(stored)
+
+    def immediate_outcome(self, item: RawOrder) -> Decided | None:
+        verdict = validate_order(item, self._limits)
+        if not isinstance(verdict, Invalid):
+            return None
+        outcome = failed_outcome(item.order_id, FailureReason.INVALID_ORDER, verdict.detail)
+        return Decided(*outcome_record(outcome))
+
+    def workflow(self, item: RawOrder, epoch: int, run: int) -> Signature:
+        return order_workflow(self._celery, self._valid(item), epoch, run)
+
+    def compensation(self, item: RawOrder, epoch: int) -> Signature | None:
+        order = validate_order(item, self._limits)
+        if not isinstance(order, Order):
+            return None  # never sent a workflow: nothing to undo
+        return compensation(self._celery, order, epoch)
+
+    def outcome_message(self, key: str, outcome: str) -> OutcomeMessage:
+        decided = Outcome.model_validate_json(outcome)
+        completed = decided.kind is OutcomeKind.COMPLETED
+        return OutcomeMessage(
+            subject=names.SUBJECT_COMPLETED if completed else names.SUBJECT_FAILED,
+            data=codec.encode_outcome(decided),
+            msg_id=names.outcome_msg_id(key, decided.kind),
+            label=decided.kind.value,
+            reason=decided.reason.value if decided.reason else "",
+        )
+
+    def scope(self, key: str) -> AbstractContextManager[None]:
+        return order_context(key)
+
+    def _valid(self, item: RawOrder) -> Order:
+        order = validate_order(item, self._limits)
+        if not isinstance(order, Order):  # immediate_outcome answered it
+            raise TypeError(f"order {item.order_id} is invalid: {order.detail}")
+        return order
+
+
+async def ensure_order_topology(js: JetStreamContext, settings: Settings) -> None:
+    """The contract's streams and the bridge's durable consumer, created if missing."""
+    await ensure_topology(js, NAMES, relay_limits(settings))

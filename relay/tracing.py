@@ -1,0 +1,80 @@
+"""Spans for NATS messages, named and tagged by the OpenTelemetry messaging
+semantic conventions (``process ORDER.created``, ``publish ORDER.completed``;
+``messaging.system=nats``, destination, message id, consumer group).
+
+The W3C ``traceparent`` and ``baggage`` headers of a message carry its trace:
+:func:`process_span` continues the producer's, :func:`publish_span` hands it on.
+The relay's own attributes are named ``<prefix>.disposition`` (``ack``, ``nak``
+or ``term``), ``<prefix>.outcome`` and ``<prefix>.reason``, the prefix being the
+application's (:attr:`relay.config.Names.span_prefix`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from nats.aio.msg import Msg
+from opentelemetry import context, propagate, trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+_tracer = trace.get_tracer("relay")
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+
+
+@contextmanager
+def process_span(msg: Msg, consumer: str) -> Iterator[Span]:
+    """The span of one delivery, child of the producer's span when the message
+    carries a ``traceparent``; current for everything the delivery does."""
+    meta = msg.metadata
+    headers = msg.headers or {}
+    attributes: dict[str, str | int] = {
+        "messaging.system": "nats",
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+        "messaging.destination.name": msg.subject,
+        "messaging.consumer.group.name": consumer,
+        "messaging.message.body.size": len(msg.data),
+        "messaging.nats.stream.sequence": meta.sequence.stream,
+        "messaging.nats.delivery.count": meta.num_delivered,
+    }
+    if msg_id := headers.get(MSG_ID_HEADER):
+        attributes["messaging.message.id"] = msg_id
+    token = context.attach(propagate.extract(headers))
+    try:
+        with _tracer.start_as_current_span(
+            f"process {msg.subject}", kind=SpanKind.CONSUMER, attributes=attributes
+        ) as span:
+            yield span
+    finally:
+        context.detach(token)
+
+
+@contextmanager
+def publish_span(subject: str, headers: dict[str, str], *, inject: bool = True) -> Iterator[Span]:
+    """A producer span for one publish; ``headers`` receive its ``traceparent`` and
+    ``baggage`` unless ``inject`` is false."""
+    attributes: dict[str, str] = {
+        "messaging.system": "nats",
+        "messaging.operation.type": "send",
+        "messaging.operation.name": "publish",
+        "messaging.destination.name": subject,
+    }
+    if msg_id := headers.get(MSG_ID_HEADER):
+        attributes["messaging.message.id"] = msg_id
+    with _tracer.start_as_current_span(
+        f"publish {subject}", kind=SpanKind.PRODUCER, attributes=attributes
+    ) as span:
+        if inject:
+            propagate.inject(headers)
+        yield span
+
+
+def record_disposition(prefix: str, disposition: str, error: str | None = None) -> None:
+    """On the current (process) span: how the delivery ended, an error status with
+    ``error`` for a nak or a dead letter."""
+    span = trace.get_current_span()
+    span.set_attribute(f"{prefix}.disposition", disposition)
+    if error is not None:
+        span.set_status(Status(StatusCode.ERROR, error))
