@@ -95,6 +95,16 @@ ReplicaCount = Annotated[
     Literal["auto"] | Annotated[int, Field(ge=0, le=100)], BeforeValidator(_replica_count)
 ]
 
+
+def _blank_is_false(value: object) -> object:
+    if isinstance(value, str) and not value.strip():
+        return False
+    return value
+
+
+# 1/true/yes or 0/false/no (pydantic's booleans); empty is false.
+Flag = Annotated[bool, BeforeValidator(_blank_is_false)]
+
 ReadableFile = Annotated[Path | None, BeforeValidator(_blank_is_unset), AfterValidator(_readable)]
 NatsCredsFile = Annotated[ReadableFile, AfterValidator(_nats_creds_file)]
 NkeySeedFile = Annotated[ReadableFile, AfterValidator(_nkey_seed_file)]
@@ -191,6 +201,8 @@ class Settings(BaseSettings):
     # Read by orders-web (format checked there); a secret, so masked wherever the
     # settings are printed.
     flower_basic_auth: OptionalSecret = None
+    # A development machine: orders-web may serve Flower without authentication.
+    orders_dev_mode: Flag = False
 
     # --- logs ---------------------------------------------------------------------
     log_format: Literal["text", "json"] = "text"

@@ -10,9 +10,7 @@ instead of a Flower that rejects every login.
 
 from __future__ import annotations
 
-import os
 import sys
-from collections.abc import Mapping
 
 from pydantic import SecretStr
 
@@ -21,7 +19,7 @@ from orders.settings import ConfigError, load_settings
 EXIT_CONFIG = 2
 
 BASIC_AUTH_VARIABLE = "FLOWER_BASIC_AUTH"
-DEV_MODE_VARIABLE = "ORDERS_DEV_MODE"
+DEV_MODE_VARIABLE = "ORDERS_DEV_MODE"  # Settings.orders_dev_mode
 
 
 def basic_auth_entries(secret: SecretStr | None) -> list[str] | None:
@@ -45,10 +43,6 @@ def basic_auth_entries(secret: SecretStr | None) -> list[str] | None:
     return entries
 
 
-def dev_mode(environ: Mapping[str, str]) -> bool:
-    return environ.get(DEV_MODE_VARIABLE, "").strip().lower() in {"1", "true", "yes"}
-
-
 def _fail(message: str) -> None:
     print(f"orders-web: {message}", file=sys.stderr)
     sys.exit(EXIT_CONFIG)
@@ -63,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         _fail(str(exc))
         return
-    if credentials is None and not dev_mode(os.environ):
+    if credentials is None and not settings.orders_dev_mode:
         _fail(
             f"{BASIC_AUTH_VARIABLE} is not set (user:password); set {DEV_MODE_VARIABLE}=1 "
             "to run Flower without authentication on a development machine"

@@ -9,7 +9,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 class RelayMetrics:
     def __init__(self, prefix: str = "relay", registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        r = self.registry
+        self._deliveries(prefix, self.registry)
+        self._consumer(prefix, self.registry)
+        self._redis(prefix, self.registry)
+
+    def _deliveries(self, prefix: str, r: CollectorRegistry) -> None:
         self.received = Counter(f"{prefix}_messages_received", "Messages fetched", registry=r)
         self.acked = Counter(f"{prefix}_messages_acked", "Messages acked", registry=r)
         self.nakd = Counter(f"{prefix}_messages_nakd", "Messages nak'd with a delay", registry=r)
@@ -40,6 +44,8 @@ class RelayMetrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600),
             registry=r,
         )
+
+    def _consumer(self, prefix: str, r: CollectorRegistry) -> None:
         self.consumer_pending = Gauge(
             f"{prefix}_consumer_pending",
             "Messages of the durable consumer not yet delivered (last consumer info)",
@@ -66,6 +72,8 @@ class RelayMetrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
             registry=r,
         )
+
+    def _redis(self, prefix: str, r: CollectorRegistry) -> None:
         self.redis_replicas = Gauge(
             f"{prefix}_redis_wait_replicas",
             "Redis replicas an outcome waits for before it is published (REDIS_WAIT_REPLICAS)",

@@ -41,6 +41,7 @@ def test_contract_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         ("REDIS_WAIT_TIMEOUT_MS", "abc"),
         ("REDIS_WAIT_TIMEOUT_MS", "20000"),
         ("REDIS_WAIT_AOF", "maybe"),
+        ("ORDERS_DEV_MODE", "maybe"),
     ],
 )
 def test_invalid_values_name_the_variable(
@@ -59,6 +60,16 @@ def test_redis_wait_replicas_is_auto_or_a_count(
 ) -> None:
     monkeypatch.setenv("REDIS_WAIT_REPLICAS", value)
     assert load_settings().redis_wait_replicas == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("", False), ("0", False), ("1", True), ("true", True), ("YES", True)]
+)
+def test_dev_mode_is_a_boolean_and_blank_is_off(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: bool
+) -> None:
+    monkeypatch.setenv("ORDERS_DEV_MODE", value)
+    assert load_settings().orders_dev_mode is expected
 
 
 def test_publish_retries_may_last_as_long_as_a_longer_duplicate_window(
