@@ -27,8 +27,8 @@ from nats.js.errors import NotFoundError
 from bridge.cli import cli
 from bridge.cli.publish import synthetic_order
 from bridge.codec import decode_order_created, encode_order_created
-from bridge.devservers import free_port
 from bridge.topology import ensure_topology
+from dev.servers import free_port
 from orders import names
 from orders.adapters.order_state import AsyncOrderState, OrderState
 from orders.domain import money

@@ -24,7 +24,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from bridge.devservers import find_nats_server
+from dev.servers import find_nats_server
 
 pytestmark = pytest.mark.integration
 

@@ -21,9 +21,9 @@ import redis
 import redis.asyncio
 from redis.exceptions import RedisError
 
-from bridge.devservers import LOOPBACK, RedisServer, wait_until
 from bridge.metrics import BridgeMetrics
 from bridge.redis_watch import OutcomeBarrier, RedisWatch, ReplicasBehind
+from dev.servers import LOOPBACK, RedisServer, wait_until
 from orders.adapters import redis_keys as keys
 from orders.adapters.order_state import AsyncOrderState, Begin, Next, OrderState
 from orders.domain.model import Outcome, OutcomeKind

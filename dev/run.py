@@ -41,7 +41,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from bridge.codec import PoisonMessage, decode_outcome, encode_order_created
-from bridge.devservers import (
+from bridge.nats_connect import connect as nats_connect
+from bridge.tracing import new_order_trace
+from dev.servers import (
     LOOPBACK,
     NatsServer,
     RedisServer,
@@ -49,8 +51,6 @@ from bridge.devservers import (
     ServerUnavailable,
     free_port,
 )
-from bridge.nats_connect import connect as nats_connect
-from bridge.tracing import new_order_trace
 from orders import names
 from orders.adapters.order_state import OrderState
 from orders.adapters.redis_inventory import RedisInventory
@@ -59,8 +59,7 @@ from orders.domain.model import OutcomeKind, RawItem, RawOrder
 from orders.settings import ConfigError, Settings, load_settings, redact_url
 
 RUN_DIR = ".run"
-# The Procfile at the root of the checkout this package runs from (`make run`
-# runs from an editable install).
+# The Procfile at the root of the checkout dev/ is part of.
 DEFAULT_PROCFILE = Path(__file__).resolve().parent.parent / "Procfile"
 
 READY_TIMEOUT_S = 90.0
@@ -102,7 +101,7 @@ def run_command(procfile: Path | None, demo: bool) -> None:
         _fail("honcho is not installed: pip install -e '.[embedded]' (or `make install`)")
 
     if procfile is None:
-        # A wheel install has no checkout around it: the current directory's, then.
+        # A checkout without one: the current directory's, then.
         procfile = DEFAULT_PROCFILE if DEFAULT_PROCFILE.is_file() else Path("Procfile")
     processes = parse_procfile(_read_procfile(procfile)).processes
     if not processes:
