@@ -15,11 +15,13 @@ only once it has checked that honcho is installed.
 
 from __future__ import annotations
 
+import datetime
 import signal
 from collections.abc import Callable
 from typing import Any
 
 from honcho.manager import Manager
+from honcho.printer import Message
 
 
 class BridgeFirstManager(Manager):
@@ -96,6 +98,13 @@ class BridgeFirstManager(Manager):
             force, self._deferred_force = self._deferred_force, None
             super()._killall(force)
         return started
+
+    def print_line(self, name: str, text: str) -> None:
+        """Print ``text`` as a line of a process called ``name``: through honcho's
+        queue, prefixed like the processes' lines and never cut into one."""
+        self.events.put(
+            Message(type="line", data=text, time=datetime.datetime.now(), name=name, colour=None)
+        )
 
     def kill_started(self) -> None:
         """SIGKILL every process whose pid is known, outside the loop."""

@@ -17,7 +17,6 @@ the servers, and exits 0.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import os
 import secrets
 import signal
@@ -175,7 +174,6 @@ def _run_processes(
 ) -> int:
     """Run the Procfile under honcho until one process exits or a signal; its return code."""
     import honcho.manager
-    from honcho.printer import Message
 
     settings = load_settings(nats_url=nats_url, redis_url=redis_url)
     password = secrets.token_urlsafe(12)
@@ -187,13 +185,8 @@ def _run_processes(
     manager: Any = None
 
     def say(text: str) -> None:
-        # Through honcho's queue, so demo lines are prefixed and never cut into
-        # a process's line.
-        manager.events.put(
-            Message(
-                type="line", data=text, time=datetime.datetime.now(), name=DEMO_NAME, colour=None
-            )
-        )
+        # The demo starts once honcho has started the processes: manager is set.
+        manager.print_line(DEMO_NAME, text)
 
     demo_context = DemoContext(
         settings=settings,
@@ -219,6 +212,11 @@ def _run_processes(
     manager = manager_class(BRIDGE, on_started=start_demo, on_stopping=stop.set)
     for name, command in processes.items():
         manager.add_process(name, command, env={**base_env, "PORT": str(ports[name])})
+    return _loop(manager, stop, demo_thread)
+
+
+def _loop(manager: BridgeFirstManager, stop: threading.Event, demo_thread: threading.Thread) -> int:
+    """honcho's loop until every process has stopped, then the demo; its return code."""
     try:
         manager.loop()
     except BaseException:
@@ -230,7 +228,8 @@ def _run_processes(
         stop.set()
         if demo_thread.is_alive():
             demo_thread.join(timeout=5)
-    return manager.returncode or 0
+    code: int = manager.returncode or 0
+    return code
 
 
 def _process_env(nats_url: str, redis_url: str, flower_password: str) -> dict[str, str]:
