@@ -17,6 +17,7 @@ RUN /opt/venv/bin/pip install --require-virtualenv -r requirements/runtime.lock
 COPY pyproject.toml README.md ./
 COPY orders ./orders
 COPY bridge ./bridge
+COPY relay ./relay
 RUN /opt/venv/bin/pip install --no-deps .
 
 FROM python:3.11-slim

@@ -50,7 +50,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-## Static types: mypy --strict over orders/ and bridge/ (pyproject.toml, [tool.mypy]).
+## Static types: mypy --strict over orders/, bridge/ and dev/ (pyproject.toml, [tool.mypy]).
 typecheck: install
 	$(BIN)/mypy
 

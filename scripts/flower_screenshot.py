@@ -119,7 +119,7 @@ def start_orders_run(workdir: Path) -> subprocess.Popen[str]:
     if script.is_file():
         command = [str(script), "run"]
     else:
-        command = [sys.executable, "-c", "from bridge.devrun import run_command; run_command()"]
+        command = [sys.executable, "-c", "from bridge.cli import main; main()", "run"]
     return subprocess.Popen(
         command,
         cwd=workdir,

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bridge.devservers import NatsServer, RedisServer
+from dev.servers import NatsServer, RedisServer
 
 
 @pytest.fixture(scope="session")

@@ -33,9 +33,10 @@ import nats
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, ConsumerInfo
 
-from bridge import codec, devprocs
-from bridge.devprocs import bridge_command, child_env, spawn, worker_command
-from bridge.devservers import free_port
+from bridge import codec
+from dev import procs
+from dev.procs import bridge_command, child_env, spawn, worker_command
+from dev.servers import free_port
 from orders import names
 from orders.adapters import redis_keys
 from orders.adapters.order_state import OrderState, OrderView
@@ -80,7 +81,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    return devprocs.log_tail(path, lines)
+    return procs.log_tail(path, lines)
 
 
 # ---------------------------------------------------------------------------------

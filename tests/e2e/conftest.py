@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from pipeline_stack import Pipeline, running_pipeline
 
-from bridge.devservers import NatsServer, RedisServer
+from dev.servers import NatsServer, RedisServer
 
 
 @pytest.fixture(scope="module")

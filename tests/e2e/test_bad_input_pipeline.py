@@ -28,8 +28,8 @@ import pytest
 from pipeline_stack import Pipeline
 
 from bridge import codec
-from bridge.devservers import NatsServer, RedisServer, wait_until
 from bridge.pb.orders.v1 import orders_pb2
+from dev.servers import NatsServer, RedisServer, wait_until
 from orders import names
 from orders.domain.model import OutcomeKind
 

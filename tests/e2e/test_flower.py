@@ -33,7 +33,7 @@ from pipeline_stack import Pipeline
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import codec
-from bridge.devservers import LOOPBACK, free_port
+from dev.servers import LOOPBACK, free_port
 from orders import names
 from orders.domain.model import OutcomeKind, RawItem, RawOrder
 from orders.web import BASIC_AUTH_VARIABLE, DEV_MODE_VARIABLE, EXIT_CONFIG

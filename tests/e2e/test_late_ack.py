@@ -26,7 +26,7 @@ import pipeline_stack as e2e
 import pytest
 
 from bridge import codec
-from bridge.devservers import NatsServer, RedisServer, wait_until
+from dev.servers import NatsServer, RedisServer, wait_until
 from orders.domain.model import OutcomeKind, RawItem, RawOrder
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -33,7 +33,8 @@ DEMO_TIMEOUT_S = 150.0
 EXIT_TIMEOUT_S = 60.0
 GONE_TIMEOUT_S = 10.0
 
-RUN = "from bridge.devrun import run_command; run_command()"
+# The console script's code, by the interpreter running the tests: `orders run`.
+RUN = [sys.executable, "-c", "from bridge.cli import main; main()", "run"]
 SUMMARY = re.compile(r"demo: (\d+)/(\d+) outcomes as expected|demo failed|demo skipped")
 FLOWER = re.compile(r"Flower:\s+(http://\S+)\s+\(user (\S+), password (\S+)\)")
 BRIDGE = re.compile(r"bridge:\s+(http://\S+)/health")
@@ -129,7 +130,7 @@ def test_orders_run_shows_every_outcome_and_stops_cleanly_on_ctrl_c(tmp_path: Pa
         if k not in {"NATS_URL", "REDIS_URL", "PORT", "FLOWER_BASIC_AUTH", "ORDERS_DEV_MODE"}
     }
     proc = subprocess.Popen(
-        [sys.executable, "-c", RUN],
+        RUN,
         cwd=tmp_path,
         env=env,
         stdin=subprocess.DEVNULL,

@@ -22,7 +22,7 @@ import pytest
 from pipeline_stack import Pipeline
 
 from bridge import codec
-from bridge.devservers import wait_until
+from dev.servers import wait_until
 from orders import names
 from orders.domain.model import OutcomeKind, RawItem, RawOrder
 

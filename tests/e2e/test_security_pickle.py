@@ -23,7 +23,7 @@ import pytest
 import redis
 from kombu import Connection, Exchange, Queue
 
-from bridge.devservers import NatsServer, RedisServer
+from dev.servers import NatsServer, RedisServer
 from orders import names
 
 pytestmark = pytest.mark.e2e

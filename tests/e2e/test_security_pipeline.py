@@ -34,8 +34,8 @@ from pki import TestCA
 
 from bridge import codec
 from bridge.cli.publish import synthetic_order
-from bridge.devservers import LOOPBACK, NatsServer, RedisServer, RedisTls, ServerStartError
 from bridge.nats_connect import connect
+from dev.servers import LOOPBACK, NatsServer, RedisServer, RedisTls, ServerStartError
 from orders import names
 from orders.settings import load_settings
 

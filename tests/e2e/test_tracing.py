@@ -24,7 +24,7 @@ import pytest
 from otlp_receiver import OtlpReceiver, ReceivedSpan
 from pipeline_stack import Pipeline, process_env, running_pipeline, unique, wait_for
 
-from bridge.devservers import NatsServer, RedisServer
+from dev.servers import NatsServer, RedisServer
 from orders import names
 from orders.domain.model import OutcomeKind
 

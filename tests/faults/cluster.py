@@ -1,6 +1,6 @@
 """A :class:`~harness.FaultStack` whose NATS is a three-node JetStream cluster.
 
-- :class:`NatsCluster`: three :class:`~bridge.devservers.NatsServer` on loopback,
+- :class:`NatsCluster`: three :class:`~dev.servers.NatsServer` on loopback,
   routed to each other, each with its own client port and file store; any node
   can be killed and started again (same ports, same store).
 - :class:`ClusterStack`: the harness's stack on that cluster, with
@@ -25,7 +25,7 @@ import harness
 import nats
 from harness import FaultStack, e2e
 
-from bridge.devservers import NatsServer, ServerStartError, free_port, wait_until
+from dev.servers import NatsServer, ServerStartError, free_port, wait_until
 
 CLUSTER_NAME = "orders-faults"
 META_LEADER_TIMEOUT_S = 60.0

@@ -20,7 +20,7 @@ import redis
 from harness import FaultStack, Proc
 from tcp_proxy import TcpProxy
 
-from bridge.devservers import RedisServer, wait_until
+from dev.servers import RedisServer, wait_until
 
 REPLICA_SYNC_TIMEOUT_S = 30.0
 

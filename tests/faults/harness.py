@@ -44,8 +44,8 @@ import pipeline_stack as e2e
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import codec
-from bridge.devprocs import bridge_command, spawn
-from bridge.devservers import NatsServer, RedisServer, free_port, wait_until
+from dev.procs import bridge_command, spawn
+from dev.servers import NatsServer, RedisServer, free_port, wait_until
 from orders import names
 from orders.domain.model import OutcomeKind, RawOrder
 from orders.worker import FAILED_STOP_DEADLINE_S

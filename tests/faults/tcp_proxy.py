@@ -23,7 +23,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any
 
-from bridge.devservers import free_port
+from dev.servers import free_port
 
 _CHUNK = 64 * 1024
 

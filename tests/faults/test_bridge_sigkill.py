@@ -19,7 +19,7 @@ from harness import (
     wait_ready,
 )
 
-from bridge.devservers import wait_until
+from dev.servers import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

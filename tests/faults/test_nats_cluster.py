@@ -20,7 +20,7 @@ from cluster import ClusterStack
 from harness import Workload, check_invariants, wait_in_flight, wait_ready
 from partition import print_timings
 
-from bridge.devservers import wait_until
+from dev.servers import wait_until
 from orders import names
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

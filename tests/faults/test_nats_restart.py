@@ -34,7 +34,7 @@ from harness import (
 from nats.js.errors import NotFoundError
 from partition import Probe, fmt, healthy, not_ready, print_timings, ready
 
-from bridge.devservers import wait_until
+from dev.servers import wait_until
 from orders import names
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -37,7 +37,7 @@ from partition import (
     unhealthy,
 )
 
-from bridge.devservers import wait_until
+from dev.servers import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

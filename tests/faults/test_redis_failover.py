@@ -32,7 +32,7 @@ from harness import (
 )
 from partition import print_timings
 
-from bridge.devservers import wait_until
+from dev.servers import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

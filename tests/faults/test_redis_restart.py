@@ -28,7 +28,7 @@ from partition import (
     ready,
 )
 
-from bridge.devservers import wait_until
+from dev.servers import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from harness import FaultStack, Workload, check_invariants, wait_ready
 
-from bridge.devservers import wait_until
+from dev.servers import wait_until
 from orders import names
 from orders.domain.model import RawItem, RawOrder
 

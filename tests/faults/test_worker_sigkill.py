@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from harness import FaultStack, Workload, check_invariants, unfinished_tasks, wait_ready
 
-from bridge.devservers import wait_until
+from dev.servers import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -28,7 +28,7 @@ from bridge.app import ensure_order_topology
 from bridge.cli import cli
 from bridge.cli.publish import synthetic_order
 from bridge.codec import decode_order_created, encode_order_created
-from bridge.devservers import free_port
+from dev.servers import free_port
 from orders import names
 from orders.adapters import redis_keys as keys
 from orders.adapters.order_state import OrderState

@@ -1,7 +1,8 @@
 """The deployment files mean what they say: ``compose.yaml`` is a valid Compose file
 whose services run commands this package installs, the Procfile's process types are
 the contract's, and the NATS config compose mounts is one a real ``nats-server``
-accepts, with JetStream syncing before it acknowledges.
+accepts, with JetStream syncing before it acknowledges; the development tooling
+(``dev/``) is neither packaged nor copied into the image.
 
 ``data/compose_spec.json`` is the Compose Specification's JSON schema as
 docker-compose 1.29.2 shipped it (``compose/config/compose_spec.json`` in its wheel on
@@ -11,6 +12,7 @@ PyPI), vendored because the tests reach no network.
 from __future__ import annotations
 
 import copy
+import fnmatch
 import json
 import shlex
 import subprocess
@@ -24,7 +26,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from bridge.devservers import find_nats_server
+from dev.servers import find_nats_server
 
 pytestmark = pytest.mark.integration
 
@@ -40,6 +42,17 @@ def compose() -> dict[str, Any]:
 def console_scripts() -> set[str]:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     return set(pyproject["project"]["scripts"])
+
+
+def image_sources() -> list[str]:
+    """The build-context paths the Dockerfile's COPY instructions take (not those
+    copied from another stage)."""
+    sources = []
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"] and not any(word.startswith("--from") for word in words):
+            sources += [word for word in words[1:-1] if not word.startswith("--")]
+    return sources
 
 
 def schema_errors(document: dict[str, Any]) -> list[str]:
@@ -122,3 +135,32 @@ def test_lock_pins_every_dependency_within_pyproject_ranges(
         assert requirement.specifier.contains(pinned[name], prereleases=True), (
             f"{lock} pins {requirement.name}=={pinned[name]} outside {requirement.specifier}"
         )
+
+
+def test_the_development_tooling_is_neither_packaged_nor_in_the_image() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packaged = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    for module in ("dev", "dev.bench", "dev.servers"):
+        assert not any(fnmatch.fnmatchcase(module, pattern) for pattern in packaged), packaged
+    sources = image_sources()
+    assert sources, "no COPY of the build context found: the check proves nothing"
+    dockerignore = (ROOT / ".dockerignore").read_text().splitlines()
+    ignored = {line.strip().strip("/") for line in dockerignore}
+    for source in sources:
+        top = Path(source).parts[0] if Path(source).parts else "."
+        # The whole context, or a pattern matching dev/, takes it in unless ignored.
+        if top == "." or fnmatch.fnmatchcase("dev", top):
+            assert "dev" in ignored, f"COPY {source} takes dev/ into the image"
+
+
+def test_every_shipped_package_and_the_ledger_scripts_are_packaged_and_in_the_image() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packaged = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    package_data = pyproject["tool"]["setuptools"]["package-data"]
+    sources = {Path(source).parts[0] for source in image_sources() if Path(source).parts}
+    for package in ("relay", "orders", "bridge"):
+        assert any(fnmatch.fnmatchcase(package, pattern) for pattern in packaged), packaged
+        assert package in sources or "." in sources, f"the Dockerfile does not COPY {package}/"
+    # relay.ledger reads its Lua scripts as package data: a wheel without them fails.
+    assert "lua/*.lua" in package_data["relay"]
+    assert sorted((ROOT / "relay" / "lua").glob("*.lua")), "no ledger scripts"

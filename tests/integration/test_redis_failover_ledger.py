@@ -22,7 +22,7 @@ import redis.asyncio
 from redis.exceptions import RedisError
 
 from bridge.app import relay_limits
-from bridge.devservers import LOOPBACK, RedisServer, wait_until
+from dev.servers import LOOPBACK, RedisServer, wait_until
 from orders.adapters import redis_keys as keys
 from orders.adapters.order_state import OrderState, order_view
 from orders.domain.model import Outcome, OutcomeKind

@@ -26,8 +26,8 @@ import natsauth
 import pytest
 from pki import TestCA
 
-from bridge.devservers import LOOPBACK, NatsServer
 from bridge.nats_connect import NatsRefused, connect
+from dev.servers import LOOPBACK, NatsServer
 from orders.settings import ConfigError, Settings, load_settings, redact_url
 
 pytestmark = pytest.mark.integration

@@ -26,7 +26,7 @@ from urllib.parse import quote
 import pytest
 from pki import TestCA
 
-from bridge.devservers import LOOPBACK, RedisServer, RedisTls, ServerStartError
+from dev.servers import LOOPBACK, RedisServer, RedisTls, ServerStartError
 from orders import names
 from orders.adapters.redis_client import async_client, tls_options
 from orders.bootstrap import redis_client

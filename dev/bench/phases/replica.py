@@ -26,8 +26,8 @@ from typing import Any
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.bench.stack import BenchStack, PhaseFailed, metrics_text
-from bridge.devservers import LOOPBACK, RedisServer, wait_until
+from dev.bench.stack import BenchStack, PhaseFailed, metrics_text
+from dev.servers import LOOPBACK, RedisServer, wait_until
 
 # The runs, by name in the results: the setting the bridges are started with.
 MODES = {"off": "0", "auto": "auto"}

@@ -16,8 +16,8 @@ import time
 
 from nats.js import JetStreamContext
 
-from bridge.bench import load
-from bridge.bench.stack import BenchStack
+from dev.bench import load
+from dev.bench.stack import BenchStack
 from orders import names
 
 

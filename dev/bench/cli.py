@@ -15,14 +15,14 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-from bridge.bench import load, procfs, report
-from bridge.bench.plot import PlotUnavailable, plot, require_matplotlib
-from bridge.bench.profile import ProfilerUnavailable, find_py_spy
-from bridge.bench.runner import PHASES, Plan, Runner
-from bridge.bench.stack import PhaseFailed, ProcessFailed
 from bridge.cli import _common
 from bridge.cli._common import EXIT_CONFIG, CommandError
-from bridge.devservers import ServerStartError, ServerUnavailable
+from dev.bench import load, procfs, report
+from dev.bench.plot import PlotUnavailable, plot, require_matplotlib
+from dev.bench.profile import ProfilerUnavailable, find_py_spy
+from dev.bench.runner import PHASES, Plan, Runner
+from dev.bench.stack import PhaseFailed, ProcessFailed
+from dev.servers import ServerStartError, ServerUnavailable
 
 
 class _RichDisplay:

@@ -13,7 +13,7 @@ import time
 
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
-from bridge.bench import load
+from dev.bench import load
 
 STREAM = "BENCH_CEILING"
 SUBJECT = "bench.ceiling"

@@ -8,16 +8,16 @@ and its latency at 70 % of it, scaling with worker concurrency and a second
 bridge, and the memory and CPU of the bridge and workers with 10,000 orders in
 flight.
 
-- :mod:`bridge.bench.stack`: servers and the real ``orders-bridge`` /
+- :mod:`dev.bench.stack`: servers and the real ``orders-bridge`` /
   ``orders-worker`` processes (and the naive baseline's Celery worker);
-- :mod:`bridge.bench.procfs`: memory and CPU of a process tree, read from ``/proc``;
-- :mod:`bridge.bench.load`: synthetic orders, publishing, waiting, timestamps;
-- :mod:`bridge.bench.naive` / :mod:`bridge.bench.naive_worker`: the naive
+- :mod:`dev.bench.procfs`: memory and CPU of a process tree, read from ``/proc``;
+- :mod:`dev.bench.load`: synthetic orders, publishing, waiting, timestamps;
+- :mod:`dev.bench.naive` / :mod:`dev.bench.naive_worker`: the naive
   baseline's Celery app and the module its worker loads;
-- :mod:`bridge.bench.phases`: one module per measurement;
-- :mod:`bridge.bench.runner`: the phases in order, with progress;
-  :mod:`bridge.bench.cli`: the ``orders bench`` command;
-- :mod:`bridge.bench.report`: the JSON document and the table;
-  :mod:`bridge.bench.plot`: the PNG and :mod:`bridge.bench.profile`: py-spy
+- :mod:`dev.bench.phases`: one module per measurement;
+- :mod:`dev.bench.runner`: the phases in order, with progress;
+  :mod:`dev.bench.cli`: the ``orders bench`` command;
+- :mod:`dev.bench.report`: the JSON document and the table;
+  :mod:`dev.bench.plot`: the PNG and :mod:`dev.bench.profile`: py-spy
   profiles (both need the ``[bench]`` extra).
 """

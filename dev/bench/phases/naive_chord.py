@@ -1,6 +1,6 @@
 """The naive Celery baseline: a burst of orders enqueued straight onto Celery as
 ``chain(validate, chord([reserve, charge], complete))`` with trivial tasks
-(:mod:`bridge.bench.naive`), each awaited through the result backend.
+(:mod:`dev.bench.naive`), each awaited through the result backend.
 
 Measured from the first ``apply_async`` to the last result read, after a few
 workflows that warm the worker's pool up.
@@ -24,8 +24,8 @@ from celery import Celery, states
 from celery.backends.redis import RedisBackend
 from celery.result import AsyncResult
 
-from bridge.bench import load, naive
-from bridge.bench.stack import PhaseFailed
+from dev.bench import load, naive
+from dev.bench.stack import PhaseFailed
 
 # No workflow finishing for this long means something is broken, not slow.
 STALL_TIMEOUT_S = 60.0

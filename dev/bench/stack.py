@@ -23,8 +23,8 @@ from http.client import HTTPResponse
 from pathlib import Path
 from typing import cast
 
-from bridge.bench import naive, procfs
-from bridge.devprocs import (
+from dev.bench import naive, procfs
+from dev.procs import (
     bridge_command,
     celery_command,
     child_env,
@@ -32,7 +32,7 @@ from bridge.devprocs import (
     spawn,
     worker_command,
 )
-from bridge.devservers import NatsServer, RedisServer, free_port, wait_until
+from dev.servers import NatsServer, RedisServer, free_port, wait_until
 
 # Enough stock that no order of the run fails for lack of it; a gateway that answers
 # at once, so the figures are the pipeline's own cost.
@@ -42,6 +42,10 @@ BENCH_ENV = {
 }
 # The naive baseline's results live in a database of their own on the same server.
 NAIVE_REDIS_DB = 1
+
+# The naive worker loads a module of dev/, which is not installed: it imports it
+# from this checkout, whatever the working directory.
+_CHECKOUT = Path(__file__).resolve().parents[2]
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
@@ -138,14 +142,16 @@ class BenchStack:
     def start_naive_worker(self, concurrency: int) -> Proc:
         command = [
             *celery_command(),
-            "-A", "bridge.bench.naive_worker", "worker",
+            "-A", "dev.bench.naive_worker", "worker",
             "--pool", "prefork",
             "--concurrency", str(concurrency),
             "--queues", ",".join(naive.QUEUES),
             "--loglevel", "INFO",
             "--hostname", self._hostname("naive"),
         ]  # fmt: skip
-        proc = self._spawn("naive-worker", command, redis_url=self.naive_redis_url)
+        proc = self._spawn(
+            "naive-worker", command, redis_url=self.naive_redis_url, env=_checkout_on_pythonpath()
+        )
         self._wait_ready(proc)
         return proc
 
@@ -225,6 +231,11 @@ def metrics_text(proc: Proc) -> str:
 def _http_get(url: str, timeout: float) -> HTTPResponse:
     # OpenerDirector.open() is typed Any, as what it returns depends on the scheme.
     return cast(HTTPResponse, _NO_PROXY.open(url, timeout=timeout))
+
+
+def _checkout_on_pythonpath() -> dict[str, str]:
+    paths = [str(_CHECKOUT), os.environ.get("PYTHONPATH", "")]
+    return {"PYTHONPATH": os.pathsep.join(path for path in paths if path)}
 
 
 def _worker_command(concurrency: int, hostname: str) -> list[str]:

@@ -18,9 +18,9 @@ from typing import Any, Protocol
 
 from nats.js import JetStreamContext
 
-from bridge.bench import load, profile
-from bridge.bench.phases import jetstream, naive_chord, pipeline, replica, resources
-from bridge.bench.stack import BENCH_ENV, BenchStack
+from dev.bench import load, profile
+from dev.bench.phases import jetstream, naive_chord, pipeline, replica, resources
+from dev.bench.stack import BENCH_ENV, BenchStack
 from orders.settings import Settings
 
 PHASES = ("jetstream", "naive", "pipeline", "latency", "scaling", "resources", "replica")

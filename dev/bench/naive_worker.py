@@ -1,4 +1,4 @@
-"""The naive baseline's worker: ``celery -A bridge.bench.naive_worker worker``.
+"""The naive baseline's worker: ``celery -A dev.bench.naive_worker worker``.
 
 Reads ``REDIS_URL`` (the benchmark sets it); building the app connects to nothing.
 """
@@ -10,10 +10,10 @@ import sys
 
 from celery import Celery
 
-from bridge.bench import naive
+from dev.bench import naive
 
 _redis_url = os.environ.get("REDIS_URL")
 if not _redis_url:
-    sys.exit("bridge.bench.naive_worker: REDIS_URL is not set")
+    sys.exit("dev.bench.naive_worker: REDIS_URL is not set")
 
 app: Celery = naive.create_app(_redis_url)

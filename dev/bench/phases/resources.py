@@ -14,9 +14,9 @@ import time
 
 from nats.js import JetStreamContext
 
-from bridge.bench import load
-from bridge.bench.phases.pipeline import per_order
-from bridge.bench.stack import BenchStack
+from dev.bench import load
+from dev.bench.phases.pipeline import per_order
+from dev.bench.stack import BenchStack
 
 
 async def run(
