@@ -41,14 +41,23 @@ class Settler:
         """Apply ``disposition``; never raises but on cancellation."""
         match disposition:
             case Ack():
-                await msg.ack()
-                self._record("ack")
-                self._metrics.acked.inc()
-                self._observe_end_to_end(msg)
+                await self._ack(msg)
             case Nak(delay_s=delay, why=why):
                 await self._nak(msg, delay, why)
             case Term(reason=reason, cause=cause):
                 await self._term(msg, reason, cause)
+
+    async def _ack(self, msg: Msg) -> None:
+        try:
+            await msg.ack()
+        except Exception as exc:
+            # NATS is unreachable. The outcome is stored and marked published, so the
+            # redelivery after ack_wait is only acked.
+            log.warning("ack failed (%s); the message returns after ack_wait", exc)
+            return
+        self._record("ack")
+        self._metrics.acked.inc()
+        self._observe_end_to_end(msg)
 
     async def _term(self, msg: Msg, reason: str, cause: str) -> None:
         try:

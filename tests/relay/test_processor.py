@@ -84,8 +84,11 @@ REDIS_URL = ""
 class FakeMsg:
     """A JetStream delivery of ``ORDER.created``."""
 
-    def __init__(self, data: bytes, events: list[str], *, delivered: int = 1) -> None:
+    def __init__(
+        self, data: bytes, events: list[str], *, delivered: int = 1, ack_fails: bool = False
+    ) -> None:
         self.data = data
+        self.ack_fails = ack_fails  # NATS went away just before the ack
         self.subject = names.SUBJECT_CREATED
         self.headers = {names.HDR_MSG_ID: ORDER_ID, names.HDR_TRACEPARENT: "00-abc-def-01"}
         self.metadata = SimpleNamespace(
@@ -98,6 +101,8 @@ class FakeMsg:
 
     async def ack(self) -> None:
         self._record("ack")
+        if self.ack_fails:
+            raise nats.errors.ConnectionClosedError
 
     async def nak(self, delay: float | None = None) -> None:
         self._record("nak", delay)
@@ -296,10 +301,10 @@ class World:
             create_app(self.settings), limits(self.settings), self.settings.max_message_bytes
         )
 
-    def deliver(self, data: bytes, delivered: int = 1) -> FakeMsg:
+    def deliver(self, data: bytes, delivered: int = 1, *, ack_fails: bool = False) -> FakeMsg:
         """One delivery handled to its end; the event log starts afresh."""
         self.events.clear()
-        msg = FakeMsg(data, self.events, delivered=delivered)
+        msg = FakeMsg(data, self.events, delivered=delivered, ack_fails=ack_fails)
         self.run(lambda consumer, _processor: consumer.deliver(cast(Any, msg)))
         return msg
 
@@ -518,6 +523,25 @@ def test_already_published_order_is_only_acked() -> None:
     assert msg.disposition() == "ack"
     assert w.events == ["ack"]
     assert w.js.published == [] and len(w.dispatcher.sent) == 1
+
+
+def test_an_ack_that_fails_is_logged_and_the_redelivery_is_only_acked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The ack is the last effect: when NATS is gone by then, the message returns
+    after ``ack_wait`` and finds its outcome published."""
+    w = World()
+    w.workers_complete()
+    w.deliver(order_bytes(), ack_fails=True)  # does not raise out of the consumer
+
+    assert "ack failed" in caplog.text
+    assert w.metrics.registry.get_sample_value("orders_bridge_messages_acked_total") == 0
+    msg = w.deliver(order_bytes(), delivered=2)
+
+    assert msg.disposition() == "ack"
+    assert w.events == ["ack"]
+    assert [p.subject for p in w.js.published] == [names.SUBJECT_COMPLETED]
+    assert len(w.dispatcher.sent) == 1
 
 
 def test_outcome_decided_but_not_published_is_published_without_a_workflow() -> None:
