@@ -8,6 +8,7 @@ relay (:mod:`relay.processor`) does the rest.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 
 from celery import Celery
 from celery.canvas import Signature
@@ -68,45 +69,55 @@ def relay_limits(settings: Settings) -> config.Limits:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class DecodedOrder:
+    """An order as delivered (or as first stored), validated once, when parsed."""
+
+    raw: RawOrder
+    verdict: Order | Invalid
+
+
 class OrderApplication:
-    """:class:`relay.application.Application` for orders: the item is the order as
-    decoded (:class:`RawOrder`), validated again where a hook needs a valid one."""
+    """:class:`relay.application.Application` for orders: the item is a
+    :class:`DecodedOrder`, so each hook reads the one validation of it."""
 
     def __init__(self, celery: Celery, limits: Limits, max_message_bytes: int) -> None:
         self._celery = celery
         self._limits = limits
         self._max_bytes = max_message_bytes
 
-    def decode(self, data: bytes) -> RawOrder:
+    def decode(self, data: bytes) -> DecodedOrder:
         raw = codec.decode_order_created(data, max_bytes=self._max_bytes)
         if problem := unusable_order_id(raw.order_id, self._limits):
             raise codec.PoisonMessage(problem)
-        return raw
+        return self._decoded(raw)
 
-    def key(self, item: RawOrder) -> str:
-        return item.order_id
+    def key(self, item: DecodedOrder) -> str:
+        return item.raw.order_id
 
-    def dump(self, item: RawOrder) -> str:
-        return item.model_dump_json()
+    def dump(self, item: DecodedOrder) -> str:
+        return item.raw.model_dump_json()
 
-    def load(self, stored: str) -> RawOrder:
-        return RawOrder.model_validate_json(stored)
+    def load(self, stored: str) -> DecodedOrder:
+        return self._decoded(RawOrder.model_validate_json(stored))
 
-    def immediate_outcome(self, item: RawOrder) -> Decided | None:
-        verdict = validate_order(item, self._limits)
-        if not isinstance(verdict, Invalid):
+    def immediate_outcome(self, item: DecodedOrder) -> Decided | None:
+        if not isinstance(item.verdict, Invalid):
             return None
-        outcome = failed_outcome(item.order_id, FailureReason.INVALID_ORDER, verdict.detail)
+        outcome = failed_outcome(
+            item.raw.order_id, FailureReason.INVALID_ORDER, item.verdict.detail
+        )
         return Decided(*outcome_record(outcome))
 
-    def workflow(self, item: RawOrder, epoch: int, run: int) -> Signature:
-        return order_workflow(self._celery, self._valid(item), epoch, run)
+    def workflow(self, item: DecodedOrder, epoch: int, run: int) -> Signature:
+        if not isinstance(item.verdict, Order):  # immediate_outcome answered it
+            raise TypeError(f"order {item.raw.order_id} is invalid: {item.verdict.detail}")
+        return order_workflow(self._celery, item.verdict, epoch, run)
 
-    def compensation(self, item: RawOrder, epoch: int) -> Signature | None:
-        order = validate_order(item, self._limits)
-        if not isinstance(order, Order):
+    def compensation(self, item: DecodedOrder, epoch: int) -> Signature | None:
+        if not isinstance(item.verdict, Order):
             return None  # never sent a workflow: nothing to undo
-        return compensation(self._celery, order, epoch)
+        return compensation(self._celery, item.verdict, epoch)
 
     def outcome_message(self, key: str, outcome: str) -> OutcomeMessage:
         decided = Outcome.model_validate_json(outcome)
@@ -122,11 +133,8 @@ class OrderApplication:
     def scope(self, key: str) -> AbstractContextManager[None]:
         return order_context(key)
 
-    def _valid(self, item: RawOrder) -> Order:
-        order = validate_order(item, self._limits)
-        if not isinstance(order, Order):  # immediate_outcome answered it
-            raise TypeError(f"order {item.order_id} is invalid: {order.detail}")
-        return order
+    def _decoded(self, raw: RawOrder) -> DecodedOrder:
+        return DecodedOrder(raw, validate_order(raw, self._limits))
 
 
 async def ensure_order_topology(js: JetStreamContext, settings: Settings) -> None:
