@@ -13,14 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-import redis.asyncio
 
 from orders.adapters import redis_keys as keys
 from orders.domain.model import OrderStatus, Outcome
-from relay.ledger import DEAD_LETTERED, AsyncLedger, Entry, Ledger, entry_from
-from relay.redis_replies import decoded_hash
-
-__all__ = ["DEAD_LETTERED", "AsyncOrderState", "OrderState", "OrderView", "outcome_record"]
+from relay.ledger import Entry, Ledger
 
 # KEYS: order, ledger   ARGV: 'charges' | 'refunds', ledger entry.  Counts each payment once.
 _COUNT_PAYMENT = """
@@ -122,20 +118,3 @@ class OrderState:
 
     def view(self, order_id: str) -> OrderView | None:
         return order_view(self.ledger.entry(order_id))
-
-
-class AsyncOrderState:
-    """Order views for asyncio callers (the CLI's waits, tests)."""
-
-    def __init__(self, client: redis.asyncio.Redis) -> None:
-        """``client`` must be created with ``decode_responses=True``."""
-        self.ledger = AsyncLedger(client, keys.LEDGER)
-        self._redis = client
-
-    async def finalize(self, epoch: int, outcome: Outcome) -> bool:
-        text, fields = outcome_record(outcome)
-        return await self.ledger.finalize(outcome.order_id, epoch, text, fields)
-
-    async def view(self, order_id: str) -> OrderView | None:
-        fields = decoded_hash(await self._redis.hgetall(keys.order(order_id)))
-        return order_view(entry_from(order_id, fields))

@@ -10,7 +10,6 @@ PREFIX = "orders:"
 # The relay's ledger: one hash per order (orders:order:<id>), the completion stream
 # (orders:completions) and task start counts (orders:task-starts:<task id>).
 LEDGER = LedgerKeys(PREFIX, "order")
-COMPLETIONS_STREAM = LEDGER.completions
 
 
 def order(order_id: str) -> str:
