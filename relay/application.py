@@ -49,7 +49,8 @@ class Application(Protocol[ItemT]):
     """The hooks, all synchronous and quick (no I/O): the relay awaits everything else."""
 
     def decode(self, data: bytes) -> ItemT:
-        """The input, parsed enough to have a key; raises :class:`Poison`."""
+        """The input, parsed enough to have a key; raises :class:`Poison`. ``data`` is
+        at most ``Limits.max_message_bytes`` long (the relay dead-letters longer)."""
         ...
 
     def key(self, item: ItemT) -> str:

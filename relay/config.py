@@ -43,6 +43,7 @@ class Limits:
     ack_wait_s: float = 30.0
     max_in_flight: int = 256
     fetch_batch: int = 64
+    # Larger inputs are dead-lettered unread (the application's decode never sees them).
     max_message_bytes: int = 1_048_576
     # A workflow that shows no progress for this long is sent again.
     stall_timeout_s: float = 90.0

@@ -97,6 +97,10 @@ class Processor(Generic[ItemT]):
         """Process one delivery to its disposition. Never raises except on
         cancellation (shutdown), where the caller hands the message back."""
         deliveries = msg.metadata.num_delivered
+        if len(msg.data) > self._limits.max_message_bytes:
+            # Before the application parses it: a huge message costs no parsing.
+            size, limit = len(msg.data), self._limits.max_message_bytes
+            return Term(f"message is {size} bytes, above the {limit}-byte limit", cause="poison")
         try:
             item = self._app.decode(msg.data)
         except Poison as exc:

@@ -456,6 +456,22 @@ def test_poison_is_dead_lettered_unchanged_then_terminated(data: bytes, reason: 
     assert w.dead_lettered("poison") == 1
 
 
+def test_a_message_above_the_size_limit_is_dead_lettered_unread() -> None:
+    """The relay's own bound, whatever the application's decode would accept."""
+    w = World(settings=SETTINGS.model_copy(update={"max_message_bytes": 64}))
+    w.app = OrderApplication(create_app(w.settings), limits(w.settings), 1 << 20)
+    w.workers_complete()  # were it processed, it would complete
+    data = order_bytes(customer_id="c" * 100)
+    msg = w.deliver(data)
+
+    assert msg.disposition() == "term"
+    letter = the_dead_letter(w, deliveries=1)
+    assert letter.payload == data
+    reason = f"message is {len(data)} bytes, above the 64-byte limit"
+    assert letter.headers[names.HDR_DLQ_REASON] == reason
+    assert w.hash() == {} and w.dead_lettered("poison") == 1
+
+
 def test_a_dead_letter_that_cannot_be_stored_is_nakd_not_terminated() -> None:
     w = World()
     w.js.failing.add(names.SUBJECT_DLQ_CREATED)
