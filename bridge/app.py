@@ -8,13 +8,14 @@ relay (:mod:`relay.processor`) does the rest.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from celery import Celery
 from celery.canvas import Signature
 from nats.js import JetStreamContext
 
 from bridge import codec
+from bridge.settings import BridgeSettings, Topology
 from bridge.tracing import order_context
 from orders import names
 from orders.adapters import redis_keys
@@ -22,7 +23,6 @@ from orders.adapters.order_state import outcome_record
 from orders.domain.model import FailureReason, Invalid, Order, Outcome, OutcomeKind, RawOrder
 from orders.domain.settlement import failed_outcome
 from orders.domain.validation import Limits, unusable_order_id, validate_order
-from orders.settings import Settings
 from orders.workflow import compensation, order_workflow
 from relay import config
 from relay.application import Decided, OutcomeMessage
@@ -47,12 +47,22 @@ NAMES = config.Names(
 )
 
 
-def relay_limits(settings: Settings) -> config.Limits:
-    """The relay's timing from the bridge's settings (the README's table)."""
+def topology_limits(settings: Topology) -> config.Limits:
+    """What the relay's streams and consumer are made of; the rest at its defaults."""
     return config.Limits(
         max_deliveries=settings.max_deliveries,
         ack_wait_s=settings.ack_wait.total_seconds(),
         max_in_flight=settings.bridge_max_in_flight,
+        max_age_s=settings.orders_max_age.total_seconds(),
+        duplicate_window_s=settings.orders_duplicate_window.total_seconds(),
+        stream_replicas=settings.stream_replicas,
+    )
+
+
+def relay_limits(settings: BridgeSettings) -> config.Limits:
+    """The relay's timing from the bridge's settings (the README's table)."""
+    return replace(
+        topology_limits(settings),
         fetch_batch=settings.bridge_fetch_batch,
         max_message_bytes=settings.max_message_bytes,
         stall_timeout_s=settings.workflow_stall_timeout.total_seconds(),
@@ -63,9 +73,6 @@ def relay_limits(settings: Settings) -> config.Limits:
         redis_wait_replicas=settings.redis_wait_replicas,
         redis_wait_timeout_ms=settings.redis_wait_timeout_ms,
         redis_wait_aof=settings.redis_wait_aof,
-        max_age_s=settings.orders_max_age.total_seconds(),
-        duplicate_window_s=settings.orders_duplicate_window.total_seconds(),
-        stream_replicas=settings.stream_replicas,
     )
 
 
@@ -137,6 +144,6 @@ class OrderApplication:
         return DecodedOrder(raw, validate_order(raw, self._limits))
 
 
-async def ensure_order_topology(js: JetStreamContext, settings: Settings) -> None:
+async def ensure_order_topology(js: JetStreamContext, settings: Topology) -> None:
     """The contract's streams and the bridge's durable consumer, created if missing."""
-    await ensure_topology(js, NAMES, relay_limits(settings))
+    await ensure_topology(js, NAMES, topology_limits(settings))

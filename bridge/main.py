@@ -21,12 +21,13 @@ from opentelemetry.instrumentation.celery import CeleryInstrumentor
 from bridge.app import NAMES, OrderApplication, relay_limits
 from bridge.nats_connect import NatsRefused
 from bridge.nats_connect import connect as nats_connect
+from bridge.settings import BridgeSettings
 from orders import telemetry
 from orders.adapters.redis_client import RedisRefused, async_client, redis_refusal, tls_options
 from orders.bootstrap import limits
 from orders.celery_app import create_app as create_celery
 from orders.logs import configure_logging
-from orders.settings import ConfigError, Settings, load_settings, redact_url
+from orders.settings import ConfigError, load_settings, redact_url
 from relay.http import create_app, serve
 from relay.runner import Relay
 from relay.topology import ensure_topology
@@ -41,7 +42,7 @@ NATS_MAX_OUTSTANDING_PINGS = 3
 REDIS_START_CHECK_S = 5
 
 
-async def connect_nats(settings: Settings) -> NATS:
+async def connect_nats(settings: BridgeSettings) -> NATS:
     async def on_disconnect() -> None:
         log.warning("disconnected from NATS")
 
@@ -66,7 +67,7 @@ async def connect_nats(settings: Settings) -> NATS:
     )
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: BridgeSettings) -> None:
     log.info("connecting to NATS at %s", redact_url(settings.nats_url))
     nc = await connect_nats(settings)
     relay_config = relay_limits(settings)
@@ -98,7 +99,7 @@ async def run(settings: Settings) -> None:
     log.info("bridge stopped")
 
 
-async def _check_redis(client: redis.asyncio.Redis, settings: Settings) -> None:
+async def _check_redis(client: redis.asyncio.Redis, settings: BridgeSettings) -> None:
     """Stop the start on credentials or a certificate Redis refuses; an unreachable
     Redis is only logged (``/ready`` says 503 until it answers)."""
     try:
@@ -116,7 +117,7 @@ async def _check_redis(client: redis.asyncio.Redis, settings: Settings) -> None:
 
 def main() -> None:
     try:
-        settings = load_settings()
+        settings = load_settings(BridgeSettings)
         telemetry.setup_tracing(SERVICE_NAME)
     except ConfigError as exc:
         sys.exit(f"orders-bridge: {exc}")

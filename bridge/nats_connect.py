@@ -40,7 +40,8 @@ from urllib.parse import unquote, urlsplit
 from nats.aio.client import Client as NATS
 from nats.errors import AuthorizationError, UnexpectedEOF
 
-from orders.settings import Settings, redact_url
+from bridge.settings import NatsConnection
+from orders.settings import redact_url
 
 ErrorCallback = Callable[[Exception], Awaitable[None]]
 
@@ -58,11 +59,11 @@ class NatsRefused(Exception):
     """The server refused this client; ``str()`` is one line naming the server, no secret."""
 
 
-def servers(settings: Settings) -> list[str]:
+def servers(settings: NatsConnection) -> list[str]:
     return [server.strip() for server in settings.nats_url.split(",")]
 
 
-def tls_context(settings: Settings) -> ssl.SSLContext | None:
+def tls_context(settings: NatsConnection) -> ssl.SSLContext | None:
     """The client's TLS context, or ``None`` for nats-py's default (the system's CAs)."""
     if not (settings.nats_tls_ca or settings.nats_tls_cert):
         return None
@@ -73,7 +74,7 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def auth_options(settings: Settings) -> dict[str, Any]:
+def auth_options(settings: NatsConnection) -> dict[str, Any]:
     """nats-py's credential, TLS and inbox options for the settings."""
     options: dict[str, Any] = {"inbox_prefix": settings.nats_inbox_prefix}
     for server in servers(settings):
@@ -119,7 +120,7 @@ def _ssl_reason(error: ssl.SSLError) -> str:
 
 
 async def connect(
-    settings: Settings,
+    settings: NatsConnection,
     *,
     name: str,
     error_cb: ErrorCallback | None = None,
@@ -179,7 +180,7 @@ async def connect(
     return nc
 
 
-def _client_cert_refusal(nc: NATS, settings: Settings, error: Exception) -> str | None:
+def _client_cert_refusal(nc: NATS, settings: NatsConnection, error: Exception) -> str | None:
     """A refused or missing client certificate that nats-py reports as a lost connection.
 
     A server that verifies client certificates may reject one after a TLS 1.3
@@ -198,7 +199,7 @@ def _client_cert_refusal(nc: NATS, settings: Settings, error: Exception) -> str 
     return None
 
 
-def _expects_tls(settings: Settings) -> bool:
+def _expects_tls(settings: NatsConnection) -> bool:
     schemes = {urlsplit(server).scheme for server in servers(settings)}
     return "tls" in schemes or bool(settings.nats_tls_ca or settings.nats_tls_cert)
 

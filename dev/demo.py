@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.nats_connect import connect as nats_connect
+from bridge.settings import CliSettings
 from bridge.tracing import new_order_trace
 from dev.demo_cases import DEMO_STOCK, Case, Observed, build_cases, judge, render_table
 from dev.demo_outcomes import observe
@@ -29,14 +30,13 @@ from orders import names
 from orders.adapters.order_state import OrderState
 from orders.adapters.redis_inventory import RedisInventory
 from orders.bootstrap import redis_client
-from orders.settings import Settings
 
 READY_TIMEOUT_S = 90.0
 
 
 @dataclass
 class DemoContext:
-    settings: Settings
+    settings: CliSettings
     bridge_port: int | None
     web_port: int | None
     flower_user: str

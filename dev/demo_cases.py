@@ -21,7 +21,7 @@ from rich.table import Table
 from bridge.codec import encode_order_created
 from orders import names
 from orders.domain.model import OutcomeKind, RawItem, RawOrder
-from orders.settings import Settings
+from orders.settings import Simulation
 
 
 @dataclass
@@ -69,7 +69,7 @@ def _order(order_id: str, items: list[tuple[str, int, float]], total: float) -> 
     )
 
 
-def build_cases(run_id: str, settings: Settings) -> list[Case]:
+def build_cases(run_id: str, settings: Simulation) -> list[Case]:
     above_limit = float(int(settings.payment_decline_above) + 1)
     ok = f"{run_id}-ok"
     ok_data = _order(ok, [(WIDGET, 2, 19.99), (GADGET, 1, 5.00)], 44.98)

@@ -14,8 +14,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from bridge.settings import ALL_KINDS
 from orders import names
-from orders.settings import Settings
 
 _BIN = Path(sys.executable).parent
 
@@ -43,7 +43,7 @@ def child_env(
     """The caller's environment less any pipeline setting or ``OTEL_*`` variable it
     carries (a developer's shell must not change what is tested or measured), plus
     the servers, the HTTP port, and ``overrides`` in order (a later one wins)."""
-    setting_vars = {name.upper() for name in Settings.model_fields}
+    setting_vars = {name.upper() for kind in ALL_KINDS for name in kind.model_fields}
     env = {
         key: value
         for key, value in os.environ.items()

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
+from bridge.settings import ALL_KINDS, BridgeSettings, CliSettings
 from dev.demo import DemoContext, demo_main
 from dev.servers import NatsServer, RedisServer, ServerStartError, ServerUnavailable, free_port
 from orders.settings import ConfigError, load_settings, redact_url
@@ -82,7 +83,8 @@ def run_command(procfile: Path | None, demo: bool) -> None:
     if not processes:
         _fail(f"no processes in {procfile}")
     try:
-        load_settings()  # the processes would each stop on a bad value; say it once
+        for kind in ALL_KINDS:  # the processes would each stop on a bad value; say it once
+            load_settings(kind)
     except ConfigError as error:
         _fail(str(error), EXIT_CONFIG)
 
@@ -175,7 +177,7 @@ def _run_processes(
     """Run the Procfile under honcho until one process exits or a signal; its return code."""
     import honcho.manager
 
-    settings = load_settings(nats_url=nats_url, redis_url=redis_url)
+    settings = load_settings(CliSettings, nats_url=nats_url, redis_url=redis_url)
     password = secrets.token_urlsafe(12)
     base_env = _process_env(nats_url, redis_url, password)
     # Explicit ports rather than honcho's base port + 100 per type: each is free.
@@ -208,7 +210,8 @@ def _run_processes(
             demo_thread.start()
 
     # The bridge may drain for up to DRAIN_TIMEOUT; honcho's default is 5 s.
-    honcho.manager.KILL_WAIT = settings.drain_timeout.total_seconds() + KILL_GRACE_S
+    drain_timeout = load_settings(BridgeSettings).drain_timeout
+    honcho.manager.KILL_WAIT = drain_timeout.total_seconds() + KILL_GRACE_S
     manager = manager_class(BRIDGE, on_started=start_demo, on_stopping=stop.set)
     for name, command in processes.items():
         manager.add_process(name, command, env={**base_env, "PORT": str(ports[name])})

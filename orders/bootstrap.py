@@ -16,16 +16,16 @@ from orders.adapters.redis_inventory import RedisInventory
 from orders.adapters.simulated_gateway import SimulatedGateway
 from orders.domain.validation import Limits
 from orders.services import Pipeline
-from orders.settings import Settings, load_settings
+from orders.settings import OrderLimits, RedisConnection, WorkerSettings, load_settings
 
 _pipeline: Pipeline | None = None
 
 
-def redis_client(settings: Settings) -> redis.Redis:
+def redis_client(settings: RedisConnection) -> redis.Redis:
     return sync_client(settings.redis_url, tls_options(settings))
 
 
-def limits(settings: Settings) -> Limits:
+def limits(settings: OrderLimits) -> Limits:
     return Limits(
         max_items=settings.max_items,
         max_id_length=settings.max_id_length,
@@ -33,7 +33,7 @@ def limits(settings: Settings) -> Limits:
     )
 
 
-def build_pipeline(settings: Settings) -> Pipeline:
+def build_pipeline(settings: WorkerSettings) -> Pipeline:
     client = redis_client(settings)
     return Pipeline(
         state=OrderState(client),
@@ -53,7 +53,7 @@ def pipeline() -> Pipeline:
     """This process's pipeline, built on first use."""
     global _pipeline
     if _pipeline is None:
-        _pipeline = build_pipeline(load_settings())
+        _pipeline = build_pipeline(load_settings(WorkerSettings))
     return _pipeline
 
 

@@ -9,7 +9,7 @@ from celery import Celery
 from orders import names
 from orders.adapters.redis_client import REDIS_SOCKET_TIMEOUT_S, tls_options
 from orders.celery_backend import backend_url
-from orders.settings import Settings
+from orders.settings import CeleryOptions
 
 # A task taken by a worker and not acked returns to its queue after this long
 # (kombu's Redis transport has no broker-side redelivery on disconnect). It must
@@ -28,7 +28,7 @@ VISIBILITY_TIMEOUT_S = 300
 RESULT_EXPIRES_S = 7 * 24 * 3600
 
 
-def create_app(settings: Settings) -> Celery:
+def create_app(settings: CeleryOptions) -> Celery:
     app = Celery("orders", broker=settings.redis_url, backend=backend_url(settings.redis_url))
     redis_options = {
         "visibility_timeout": VISIBILITY_TIMEOUT_S,
@@ -82,7 +82,7 @@ def create_app(settings: Settings) -> Celery:
     return app
 
 
-def _retry_policy(task_name: str, settings: Settings) -> dict[str, int]:
+def _retry_policy(task_name: str, settings: CeleryOptions) -> dict[str, int]:
     policy = {"retry_backoff_max": int(settings.task_retry_backoff_max.total_seconds())}
     if task_name in names.CAPPED_RETRY_TASKS:
         policy["max_retries"] = settings.task_max_retries

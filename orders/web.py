@@ -14,12 +14,12 @@ import sys
 
 from pydantic import SecretStr
 
-from orders.settings import ConfigError, load_settings
+from orders.settings import ConfigError, WebSettings, WorkerSettings, load_settings
 
 EXIT_CONFIG = 2
 
 BASIC_AUTH_VARIABLE = "FLOWER_BASIC_AUTH"
-DEV_MODE_VARIABLE = "ORDERS_DEV_MODE"  # Settings.orders_dev_mode
+DEV_MODE_VARIABLE = "ORDERS_DEV_MODE"  # WebSettings.orders_dev_mode
 
 
 def basic_auth_entries(secret: SecretStr | None) -> list[str] | None:
@@ -52,7 +52,10 @@ def main(argv: list[str] | None = None) -> None:
     """Serve Flower on ``$PORT`` (extra arguments go to Flower)."""
     args = sys.argv[1:] if argv is None else argv
     try:
-        settings = load_settings()
+        settings = load_settings(WebSettings)
+        # Flower's Celery app is the worker's: a bad value of its settings stops
+        # this process here, under its own name, rather than inside the import below.
+        load_settings(WorkerSettings)
         credentials = basic_auth_entries(settings.flower_basic_auth)
     except ConfigError as exc:
         _fail(str(exc))

@@ -28,14 +28,14 @@ from orders.adapters.redis_client import redis_refusal
 from orders.bootstrap import redis_client
 from orders.celery_app import create_app
 from orders.logs import configure_logging
-from orders.settings import ConfigError, Settings, load_settings, redact_url
+from orders.settings import ConfigError, WorkerSettings, load_settings, redact_url
 
 SERVICE_NAME = "orders-worker"
 
 
-def _settings_from_env() -> Settings:
+def _settings_from_env() -> WorkerSettings:
     try:
-        settings = load_settings()
+        settings = load_settings(WorkerSettings)
         telemetry.check_tracing_config()
     except ConfigError as exc:
         sys.exit(f"orders-worker: {exc}")

@@ -43,7 +43,7 @@ from orders.adapters.order_state import OrderState, OrderView
 from orders.adapters.redis_inventory import RedisInventory
 from orders.bootstrap import redis_client
 from orders.domain.model import OutcomeKind, RawOrder
-from orders.settings import load_settings
+from orders.settings import RedisConnection, load_settings
 
 # Small timings so that failure paths finish within seconds, not minutes.
 FAST_FAILURE_ENV = {
@@ -253,7 +253,7 @@ class Pipeline:
         self.stack = stack
         self.nats_url = nats_url
         self.redis_url = redis_url
-        settings = load_settings(nats_url=nats_url, redis_url=redis_url)
+        settings = load_settings(RedisConnection, redis_url=redis_url)
         self._redis = redis_client(settings)
         self._state = OrderState(self._redis)
         self.inventory = RedisInventory(self._redis, DEFAULT_STOCK)

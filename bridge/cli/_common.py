@@ -20,9 +20,10 @@ from nats.js import JetStreamContext
 from rich.console import Console
 
 from bridge.nats_connect import NatsRefused, connect
+from bridge.settings import CliSettings
 from orders.adapters.redis_client import redis_refusal
 from orders.bootstrap import redis_client
-from orders.settings import ConfigError, Settings, load_settings, redact_url
+from orders.settings import ConfigError, load_settings, redact_url
 
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
@@ -70,10 +71,10 @@ def describe(error: BaseException) -> str:
     return one_line(str(error)) or type(error).__name__
 
 
-def settings() -> Settings:
+def settings() -> CliSettings:
     """The environment's settings; an invalid one is a :class:`CommandError` (exit 2)."""
     try:
-        return load_settings()
+        return load_settings(CliSettings)
     except ConfigError as error:
         raise CommandError(str(error), EXIT_CONFIG) from None
 
@@ -83,7 +84,7 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 @contextmanager
-def redis_session(config: Settings) -> Iterator[redis.Redis]:
+def redis_session(config: CliSettings) -> Iterator[redis.Redis]:
     """A Redis client; connection failures inside the block become :class:`Unreachable`."""
     client = redis_client(config)
     try:
@@ -100,7 +101,7 @@ def redis_session(config: Settings) -> Iterator[redis.Redis]:
 
 
 @asynccontextmanager
-async def jetstream(config: Settings) -> AsyncIterator[JetStreamContext]:
+async def jetstream(config: CliSettings) -> AsyncIterator[JetStreamContext]:
     """A JetStream context on a connection that fails fast and never reconnects.
 
     Connection failures and timeouts inside the block become :class:`Unreachable`,

@@ -16,8 +16,8 @@ from rich.table import Column, Table
 
 from bridge.cli import _common
 from bridge.codec import PoisonMessage, decode_order_created
+from bridge.settings import CliSettings
 from orders import names
-from orders.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +50,7 @@ def _int(value: str | None) -> int | None:
         return None
 
 
-def _dead_letter(msg: RawStreamMsg, config: Settings) -> DeadLetter:
+def _dead_letter(msg: RawStreamMsg, config: CliSettings) -> DeadLetter:
     headers = dict(msg.headers or {})
     data = msg.data or b""
     try:
@@ -72,7 +72,7 @@ def _dead_letter(msg: RawStreamMsg, config: Settings) -> DeadLetter:
     )
 
 
-async def _scan(js: JetStreamContext, config: Settings) -> AsyncIterator[DeadLetter]:
+async def _scan(js: JetStreamContext, config: CliSettings) -> AsyncIterator[DeadLetter]:
     """Every dead letter stored when the scan starts, in sequence order.
 
     Asks for "the next message at or after N" rather than for each sequence, so
@@ -97,7 +97,7 @@ async def _scan(js: JetStreamContext, config: Settings) -> AsyncIterator[DeadLet
         seq = msg.seq + 1
 
 
-async def _fetch(js: JetStreamContext, config: Settings, seq: int) -> DeadLetter | None:
+async def _fetch(js: JetStreamContext, config: CliSettings, seq: int) -> DeadLetter | None:
     try:
         return _dead_letter(await js.get_msg(names.DLQ_STREAM, seq=seq), config)
     except NotFoundError:  # no such stream, sequence never used, or already deleted

@@ -20,11 +20,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from bridge.app import ensure_order_topology
 from bridge.cli import _common
 from bridge.codec import encode_order_created
+from bridge.settings import CliSettings
 from bridge.tracing import new_order_trace
 from orders import names, telemetry
 from orders.domain import money
 from orders.domain.model import RawItem, RawOrder
-from orders.settings import Settings
 
 SERVICE_NAME = "orders-cli"
 CURRENCY = "USD"
@@ -166,7 +166,7 @@ def publish(
 
 
 async def _publish_all(
-    config: Settings,
+    config: CliSettings,
     orders: list[tuple[str, bytes]],
     rate: float | None,
     on_ack: Callable[[], None],

@@ -18,10 +18,10 @@ from typing import Any, Protocol
 
 from nats.js import JetStreamContext
 
+from bridge.settings import BridgeSettings
 from dev.bench import load, profile
 from dev.bench.phases import jetstream, naive_chord, pipeline, replica, resources
 from dev.bench.stack import BENCH_ENV, BenchStack
-from orders.settings import Settings
 
 PHASES = ("jetstream", "naive", "pipeline", "latency", "scaling", "resources", "replica")
 
@@ -342,4 +342,4 @@ class Runner:
 
 def _default(setting: str) -> Any:
     """A pipeline setting's default: what the benchmark's processes run with."""
-    return Settings.model_fields[setting].default
+    return BridgeSettings.model_fields[setting].default

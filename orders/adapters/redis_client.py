@@ -20,7 +20,7 @@ import redis
 import redis.asyncio
 import redis.exceptions
 
-from orders.settings import Settings
+from orders.settings import RedisConnection
 
 # A Redis call that hangs on a half-open connection fails within this long, so a
 # task is retried and the bridge naks instead of freezing.
@@ -42,7 +42,7 @@ class RedisRefused(Exception):
     """Redis refused this client; ``str()`` is one line naming the server, no secret."""
 
 
-def tls_options(settings: Settings) -> dict[str, Any]:
+def tls_options(settings: RedisConnection) -> dict[str, Any]:
     """redis-py's (and kombu's) TLS options for a ``rediss://`` URL, else empty."""
     if urlsplit(settings.redis_url).scheme != "rediss":
         return {}

@@ -35,6 +35,7 @@ from pki import TestCA
 from bridge import codec
 from bridge.cli.publish import synthetic_order
 from bridge.nats_connect import connect
+from bridge.settings import CliSettings
 from dev.servers import LOOPBACK, NatsServer, RedisServer, RedisTls, ServerStartError
 from orders import names
 from orders.settings import load_settings
@@ -144,6 +145,14 @@ def _orders(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
     )
 
 
+def _cli_settings(env: dict[str, str]) -> CliSettings:
+    """The settings a command-line client started with ``env`` would read."""
+    return load_settings(
+        CliSettings,
+        **{k.lower(): v for k, v in env.items() if k.lower() in CliSettings.model_fields},
+    )
+
+
 async def _as_producer(settings_env: dict[str, str], order_id: str) -> dict[str, Any]:
     """Publish a valid order and a poison message; try what a producer must not do."""
     errors: list[Exception] = []
@@ -151,7 +160,7 @@ async def _as_producer(settings_env: dict[str, str], order_id: str) -> dict[str,
     async def remember(error: Exception) -> None:
         errors.append(error)
 
-    settings = load_settings(**{k.lower(): v for k, v in settings_env.items()})
+    settings = _cli_settings(settings_env)
     nc = await connect(settings, name="test-producer", allow_reconnect=False, error_cb=remember)
     try:
         js = nc.jetstream(timeout=5)
@@ -184,7 +193,7 @@ async def _as_producer(settings_env: dict[str, str], order_id: str) -> dict[str,
 
 
 async def _as_admin(settings_env: dict[str, str]) -> dict[str, Any]:
-    settings = load_settings(**{k.lower(): v for k, v in settings_env.items()})
+    settings = _cli_settings(settings_env)
     nc = await connect(settings, name="test-admin", allow_reconnect=False)
     try:
         js = nc.jetstream(timeout=5)

@@ -28,6 +28,7 @@ from bridge.app import ensure_order_topology
 from bridge.cli import cli
 from bridge.cli.publish import synthetic_order
 from bridge.codec import decode_order_created, encode_order_created
+from bridge.settings import CliSettings
 from dev.servers import free_port
 from orders import names
 from orders.adapters import redis_keys as keys
@@ -103,7 +104,9 @@ async def _publish_dead_letters(url: str, redis_url: str) -> tuple[int, int, str
     nc = await nats.connect(url)
     js = nc.jetstream()
     try:
-        await ensure_order_topology(js, load_settings(nats_url=url, redis_url=redis_url))
+        await ensure_order_topology(
+            js, load_settings(CliSettings, nats_url=url, redis_url=redis_url)
+        )
         acks = []
         for payload, reason in (
             (

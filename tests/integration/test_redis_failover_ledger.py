@@ -22,11 +22,12 @@ import redis.asyncio
 from redis.exceptions import RedisError
 
 from bridge.app import relay_limits
+from bridge.settings import BridgeSettings
 from dev.servers import LOOPBACK, RedisServer, wait_until
 from orders.adapters import redis_keys as keys
 from orders.adapters.order_state import OrderState, order_view
 from orders.domain.model import Outcome, OutcomeKind
-from orders.settings import Settings, load_settings
+from orders.settings import load_settings
 from relay.ledger import AsyncLedger, Begin, Next
 from relay.metrics import RelayMetrics
 from relay.redis_watch import OutcomeBarrier, RedisWatch, ReplicasBehind
@@ -326,13 +327,13 @@ def no_change() -> None:
 
 def watch_for(
     client: redis.asyncio.Redis,
-    settings: Settings | None = None,
+    settings: BridgeSettings | None = None,
     on_change: Callable[[], None] = no_change,
     metrics: RelayMetrics | None = None,
 ) -> RedisWatch:
     return RedisWatch(
         client,
-        relay_limits(settings or load_settings()),
+        relay_limits(settings or load_settings(BridgeSettings)),
         metrics or RelayMetrics("orders_bridge"),
         on_change,
     )
@@ -400,7 +401,7 @@ def test_confirm_waits_for_the_primary_fsync_where_the_server_has_waitaof() -> N
         async def run() -> tuple[bool, Any]:
             aclient = redis.asyncio.Redis.from_url(valkey.url, decode_responses=True)
             try:
-                watch = watch_for(aclient, load_settings(redis_wait_aof=True))
+                watch = watch_for(aclient, load_settings(BridgeSettings, redis_wait_aof=True))
                 await watch.refresh()
                 confirmed = await AsyncLedger(aclient, keys.LEDGER).confirm(
                     [order_id], replicas=0, aof=True, timeout_ms=3000
@@ -422,7 +423,7 @@ def test_the_watch_knows_a_server_without_waitaof(pair: tuple[RedisServer, Redis
     async def run() -> tuple[bool, str]:
         aclient = redis.asyncio.Redis.from_url(primary.url, decode_responses=True)
         try:
-            watch = watch_for(aclient, load_settings(redis_wait_aof=True))
+            watch = watch_for(aclient, load_settings(BridgeSettings, redis_wait_aof=True))
             await watch.refresh()
             version = (await aclient.info("server"))["redis_version"]
             if not watch.waitaof:  # then the server must indeed refuse it
@@ -450,7 +451,7 @@ def test_watch_sees_the_replicas(pair: tuple[RedisServer, RedisServer]) -> None:
             first = auto.identity
             await auto.refresh()
             assert auto.identity == first
-            fixed = watch_for(aclient, load_settings(redis_wait_replicas=2))
+            fixed = watch_for(aclient, load_settings(BridgeSettings, redis_wait_replicas=2))
             await fixed.refresh()
             return auto, fixed
         finally:
@@ -593,7 +594,7 @@ def test_barrier_holds_outcomes_back_until_enough_replicas_ack(
     primary, _replica = pair
     orders = [finished_order(primary.url) for _ in range(3)]
 
-    async def run(settings: Settings) -> tuple[list[Any], OutcomeBarrier]:
+    async def run(settings: BridgeSettings) -> tuple[list[Any], OutcomeBarrier]:
         aclient = redis.asyncio.Redis.from_url(primary.url, decode_responses=True)
         try:
             metrics = RelayMetrics("orders_bridge")
@@ -612,7 +613,7 @@ def test_barrier_holds_outcomes_back_until_enough_replicas_ack(
 
     t0 = time.monotonic()
     results, barrier = asyncio.run(
-        run(load_settings(redis_wait_replicas=2, redis_wait_timeout_ms=100))
+        run(load_settings(BridgeSettings, redis_wait_replicas=2, redis_wait_timeout_ms=100))
     )
     assert time.monotonic() - t0 < 2.0
     assert all(isinstance(r, ReplicasBehind) for r in results), results
@@ -621,7 +622,9 @@ def test_barrier_holds_outcomes_back_until_enough_replicas_ack(
     assert barrier.behind and "of 2" in barrier.problem
 
     for wanted in (1, "auto"):
-        settings = load_settings(redis_wait_replicas=wanted, redis_wait_timeout_ms=1000)
+        settings = load_settings(
+            BridgeSettings, redis_wait_replicas=wanted, redis_wait_timeout_ms=1000
+        )
         results, barrier = asyncio.run(run(settings))
         for order_id, view in zip(orders, results, strict=True):
             assert not isinstance(view, BaseException), view

@@ -27,8 +27,9 @@ import pytest
 from pki import TestCA
 
 from bridge.nats_connect import NatsRefused, connect
+from bridge.settings import CliSettings
 from dev.servers import LOOPBACK, NatsServer
-from orders.settings import ConfigError, Settings, load_settings, redact_url
+from orders.settings import ConfigError, load_settings, redact_url
 
 pytestmark = pytest.mark.integration
 
@@ -182,8 +183,8 @@ authorization {{ users = [ {{ user: "CN=orders-bridge" }} ] }}
         )
 
 
-def _settings(env: dict[str, str]) -> Settings:
-    return load_settings(**{name.lower(): value for name, value in env.items()})
+def _settings(env: dict[str, str]) -> CliSettings:
+    return load_settings(CliSettings, **{name.lower(): value for name, value in env.items()})
 
 
 async def _connect_and_use(env: dict[str, str]) -> int:

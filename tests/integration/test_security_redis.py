@@ -31,7 +31,7 @@ from orders import names
 from orders.adapters.redis_client import async_client, tls_options
 from orders.bootstrap import redis_client
 from orders.celery_app import create_app
-from orders.settings import ConfigError, Settings, load_settings, redact_url
+from orders.settings import ConfigError, WorkerSettings, load_settings, redact_url
 
 pytestmark = pytest.mark.integration
 
@@ -84,11 +84,11 @@ def _tls_env(server: RedisServer, pki: TestCA) -> dict[str, str]:
     }
 
 
-def _settings(env: dict[str, str]) -> Settings:
-    return load_settings(**{name.lower(): value for name, value in env.items()})
+def _settings(env: dict[str, str]) -> WorkerSettings:
+    return load_settings(WorkerSettings, **{name.lower(): value for name, value in env.items()})
 
 
-def _every_client_works(settings: Settings) -> None:
+def _every_client_works(settings: WorkerSettings) -> None:
     """State clients (sync and asyncio), Celery's broker and its result backend."""
     key = _unique("security")
     sync = redis_client(settings)

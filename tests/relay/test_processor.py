@@ -39,12 +39,13 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from bridge import codec
 from bridge.app import NAMES, OrderApplication, relay_limits
+from bridge.settings import BridgeSettings
 from orders import names
 from orders.adapters.order_state import OrderView, order_view, outcome_record
 from orders.bootstrap import limits
 from orders.celery_app import create_app
 from orders.domain.model import FailureReason, Outcome, OutcomeKind, RawItem, RawOrder
-from orders.settings import Settings, load_settings
+from orders.settings import load_settings
 from orders.telemetry import ORDER_ID as ORDER_ID_ATTRIBUTE
 from orders.telemetry import OrderIdSpanProcessor
 from relay.consumer import Consumer
@@ -59,6 +60,7 @@ pytestmark = pytest.mark.integration
 
 MAX_DELIVERIES = 3
 SETTINGS = load_settings(
+    BridgeSettings,
     max_deliveries=MAX_DELIVERIES,
     workflow_stall_timeout=timedelta(seconds=0.2),
     # A refused publish fails the delivery at once, unless a test widens the window.
@@ -283,7 +285,7 @@ class World:
     real ledger under a key prefix of its own."""
 
     events: list[str] = field(default_factory=list)
-    settings: Settings = SETTINGS
+    settings: BridgeSettings = SETTINGS
 
     def __post_init__(self) -> None:
         self.keys = LedgerKeys(f"test-{uuid.uuid4().hex[:12]}:", "order")

@@ -25,16 +25,16 @@ from protowire import field, varint
 
 from bridge import codec
 from bridge.pb.orders.v1 import orders_pb2
+from bridge.settings import BridgeSettings
 from orders.bootstrap import limits as limits_from_settings
 from orders.domain import money
 from orders.domain.model import Invalid, Order, RawOrder
 from orders.domain.validation import Limits, unusable_order_id, validate_order
-from orders.settings import Settings
 
 pytestmark = pytest.mark.unit
 
 # The defaults, without reading this shell's environment.
-DEFAULTS = Settings.model_construct()
+DEFAULTS = BridgeSettings.model_construct()
 LIMITS = limits_from_settings(DEFAULTS)
 MAX_BYTES = DEFAULTS.max_message_bytes
 # Small limits so that the boundaries are reached by cheap examples too.

@@ -13,9 +13,10 @@ from pki import TestCA
 from pydantic import SecretStr
 
 from bridge.nats_connect import auth_options, refusal
+from bridge.settings import BridgeSettings
 from orders.adapters.redis_client import redis_refusal, tls_options
 from orders.celery_app import create_app
-from orders.settings import ConfigError, load_settings, redact_url
+from orders.settings import ConfigError, WebSettings, WorkerSettings, load_settings, redact_url
 from orders.web import basic_auth_entries
 
 pytestmark = pytest.mark.unit
@@ -60,12 +61,13 @@ def test_redact_url_hides_passwords_and_tokens(url: str, redacted: str) -> None:
 
 
 def test_printed_settings_mask_every_secret() -> None:
-    settings = load_settings(
+    bridge = load_settings(
+        BridgeSettings,
         nats_url="nats://bridge:natspw@h:4222",
         redis_url="redis://:redispw@h:6379/0",
-        flower_basic_auth="admin:flowerpw",
     )
-    for text in (repr(settings), str(settings)):
+    settings = load_settings(WebSettings, flower_basic_auth="admin:flowerpw")
+    for text in (repr(bridge), str(bridge), repr(settings), str(settings)):
         for secret in ("natspw", "redispw", "flowerpw"):
             assert secret not in text
     assert settings.flower_basic_auth is not None
@@ -76,21 +78,23 @@ def test_printed_settings_mask_every_secret() -> None:
 
 
 def test_blank_file_settings_mean_unset() -> None:
-    settings = load_settings(nats_creds="", nats_tls_ca=" ", flower_basic_auth="")
+    settings = load_settings(BridgeSettings, nats_creds="", nats_tls_ca=" ")
     assert settings.nats_creds is None and settings.nats_tls_ca is None
-    assert settings.flower_basic_auth is None
+    assert load_settings(WebSettings, flower_basic_auth="").flower_basic_auth is None
 
 
 def test_good_security_files_load(pki: TestCA, creds: Path, seed: Path) -> None:
     client = pki.client("c")
     load_settings(
+        BridgeSettings,
         nats_creds=str(creds),
         nats_tls_ca=str(pki.cert_file),
         nats_tls_cert=str(client.cert),
         nats_tls_key=str(client.key),
     )
-    load_settings(nats_nkey=str(seed))
+    load_settings(BridgeSettings, nats_nkey=str(seed))
     load_settings(
+        WorkerSettings,
         redis_url="rediss://h:6379/0",
         redis_tls_ca=str(pki.cert_file),
         redis_tls_cert=str(client.cert),
@@ -138,7 +142,7 @@ def test_bad_security_settings_name_their_variable(
     }
     values = {name: value.format(**paths) for name, value in settings.items()}
     with pytest.raises(ConfigError) as error:
-        load_settings(**values)
+        load_settings(BridgeSettings, **values)
     message = str(error.value)
     assert message.startswith(f"invalid setting {variable}: "), message
     assert detail in message and "\n" not in message
@@ -150,10 +154,14 @@ def test_bad_security_settings_name_their_variable(
 
 
 def test_nats_auth_options_decode_url_credentials() -> None:
-    options = auth_options(load_settings(nats_url="nats://alice:p%40ss%2Fw@h:1,nats://h2:2"))
+    options = auth_options(
+        load_settings(BridgeSettings, nats_url="nats://alice:p%40ss%2Fw@h:1,nats://h2:2")
+    )
     assert (options["user"], options["password"]) == ("alice", "p@ss/w")
     assert options["inbox_prefix"] == "_INBOX"
-    token = auth_options(load_settings(nats_url="tls://t%40k@h:1", nats_inbox_prefix="_I_b"))
+    token = auth_options(
+        load_settings(BridgeSettings, nats_url="tls://t%40k@h:1", nats_inbox_prefix="_I_b")
+    )
     assert token["token"] == "t@k" and token["inbox_prefix"] == "_I_b"
     assert "tls" not in token  # nats-py's default context: the system's CAs
 
@@ -162,6 +170,7 @@ def test_nats_auth_options_pass_files_and_tls(pki: TestCA, creds: Path, seed: Pa
     client = pki.client("c")
     options = auth_options(
         load_settings(
+            BridgeSettings,
             nats_creds=str(creds),
             nats_tls_ca=str(pki.cert_file),
             nats_tls_cert=str(client.cert),
@@ -172,17 +181,20 @@ def test_nats_auth_options_pass_files_and_tls(pki: TestCA, creds: Path, seed: Pa
     context = options["tls"]
     assert isinstance(context, ssl.SSLContext)
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
-    assert auth_options(load_settings(nats_nkey=str(seed)))["nkeys_seed"] == str(seed)
+    assert auth_options(load_settings(BridgeSettings, nats_nkey=str(seed)))["nkeys_seed"] == str(
+        seed
+    )
 
 
 def test_redis_tls_options_verify_always(pki: TestCA) -> None:
-    assert tls_options(load_settings(redis_url="redis://h/0")) == {}
-    assert tls_options(load_settings(redis_url="rediss://h/0")) == {
+    assert tls_options(load_settings(WorkerSettings, redis_url="redis://h/0")) == {}
+    assert tls_options(load_settings(WorkerSettings, redis_url="rediss://h/0")) == {
         "ssl_cert_reqs": ssl.CERT_REQUIRED
     }
     client = pki.client("c")
     options = tls_options(
         load_settings(
+            WorkerSettings,
             redis_url="rediss://h/0",
             redis_tls_ca=str(pki.cert_file),
             redis_tls_cert=str(client.cert),
@@ -198,9 +210,11 @@ def test_redis_tls_options_verify_always(pki: TestCA) -> None:
 
 
 def test_celery_broker_and_backend_verify_tls(pki: TestCA) -> None:
-    plain = create_app(load_settings(redis_url="redis://h/0"))
+    plain = create_app(load_settings(WorkerSettings, redis_url="redis://h/0"))
     assert not plain.conf.broker_use_ssl and not plain.conf.redis_backend_use_ssl
-    app = create_app(load_settings(redis_url="rediss://h/0", redis_tls_ca=str(pki.cert_file)))
+    app = create_app(
+        load_settings(WorkerSettings, redis_url="rediss://h/0", redis_tls_ca=str(pki.cert_file))
+    )
     for options in (app.conf.broker_use_ssl, app.conf.redis_backend_use_ssl):
         assert options["ssl_cert_reqs"] == ssl.CERT_REQUIRED
         assert options["ssl_ca_certs"] == str(pki.cert_file)
