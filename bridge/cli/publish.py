@@ -119,19 +119,39 @@ def publish(
     above = _decline_floor_minor(config.payment_decline_above) if decline_every else None
     if above is not None and above + 100 > money.MAX_MINOR:
         raise click.BadParameter("PAYMENT_DECLINE_ABOVE is too large to price an order above it")
-    rng = random.Random(seed)
-    order_ids = [f"{prefix}-{n}" for n in range(1, count + 1)]
-    payloads = [
-        encode_order_created(
-            synthetic_order(
-                order_id,
-                rng,
-                above_minor=above if decline_every and n % decline_every == 0 else None,
-            )
-        )
-        for n, order_id in enumerate(order_ids, start=1)
-    ]
+    orders = _synthetic_payloads(prefix, count, random.Random(seed), above, decline_every)
     telemetry.setup_tracing(SERVICE_NAME)  # each order's trace starts here
+    try:
+        summary = _publish_with_progress(config, orders, rate)
+    finally:
+        telemetry.shutdown_tracing()
+    if as_json:
+        _common.print_json(summary.as_json())
+        return
+    report = summary.as_json()
+    click.echo(
+        f"published {summary.count} orders ({summary.first_order_id} .. {summary.last_order_id})"
+        f" in {report['elapsed_s']} s, {report['rate']} orders/s"
+        + (f", {summary.duplicates} dropped as duplicates" if summary.duplicates else "")
+    )
+
+
+def _synthetic_payloads(
+    prefix: str, count: int, rng: random.Random, above: int | None, decline_every: int | None
+) -> list[tuple[str, bytes]]:
+    """``PREFIX-1`` .. ``PREFIX-count`` encoded; every ``decline_every``-th one priced
+    above ``above`` minor units."""
+    orders = []
+    for n in range(1, count + 1):
+        declined = decline_every is not None and n % decline_every == 0
+        order = synthetic_order(f"{prefix}-{n}", rng, above_minor=above if declined else None)
+        orders.append((order.order_id, encode_order_created(order)))
+    return orders
+
+
+def _publish_with_progress(
+    config: CliSettings, orders: list[tuple[str, bytes]], rate: float | None
+) -> Summary:
     progress_console = Console(stderr=True)
     with Progress(
         "[progress.description]{task.description}",
@@ -142,27 +162,8 @@ def publish(
         # Outside a terminal a live bar is noise in a log; the summary says it all.
         disable=not progress_console.is_terminal,
     ) as progress:
-        task = progress.add_task("publishing", total=count)
-        try:
-            summary = _common.run(
-                _publish_all(
-                    config,
-                    list(zip(order_ids, payloads, strict=True)),
-                    rate,
-                    lambda: progress.advance(task),
-                )
-            )
-        finally:
-            telemetry.shutdown_tracing()
-    if as_json:
-        _common.print_json(summary.as_json())
-        return
-    report = summary.as_json()
-    click.echo(
-        f"published {summary.count} orders ({summary.first_order_id} .. {summary.last_order_id})"
-        f" in {report['elapsed_s']} s, {report['rate']} orders/s"
-        + (f", {summary.duplicates} dropped as duplicates" if summary.duplicates else "")
-    )
+        task = progress.add_task("publishing", total=len(orders))
+        return _common.run(_publish_all(config, orders, rate, lambda: progress.advance(task)))
 
 
 async def _publish_all(

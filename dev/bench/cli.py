@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
@@ -145,14 +145,7 @@ def bench(
     do not wait for it (REDIS_WAIT_REPLICAS=0) and that do (auto). Prints a table
     and writes everything to --json.
     """
-    # Missing tools are reported before the run, not after ten minutes of it.
-    try:
-        if plot_path is not None:
-            require_matplotlib()
-        if profile_dir is not None:
-            find_py_spy()
-    except (PlotUnavailable, ProfilerUnavailable) as error:
-        raise CommandError(str(error), EXIT_CONFIG) from None
+    _require_tools(plot_path, profile_dir)
     plan = (Plan.quick() if quick else Plan()).sized(
         orders=orders,
         js_messages=js_messages,
@@ -175,15 +168,29 @@ def bench(
     except (ServerUnavailable, ServerStartError, ProcessFailed, PhaseFailed, TimeoutError) as error:
         raise CommandError(f"benchmark failed: {error}; logs kept in {logs}") from None
     parameters = {**plan.parameters(), "duration_s": round(time.monotonic() - started, 1)}
-    doc = report.document(results, parameters, procfs.machine())
+    _report(report.document(results, parameters, procfs.machine()), json_path, plot_path)
+    if not keep_logs:
+        shutil.rmtree(logs, ignore_errors=True)
+
+
+def _require_tools(plot_path: Path | None, profile_dir: Path | None) -> None:
+    """Missing tools are reported before the run, not after ten minutes of it."""
+    try:
+        if plot_path is not None:
+            require_matplotlib()
+        if profile_dir is not None:
+            find_py_spy()
+    except (PlotUnavailable, ProfilerUnavailable) as error:
+        raise CommandError(str(error), EXIT_CONFIG) from None
+
+
+def _report(doc: dict[str, Any], json_path: Path, plot_path: Path | None) -> None:
     report.write_json(doc, json_path)
     report.print_summary(_common.console(), doc)
     click.echo(f"results written to {json_path}")
     if plot_path is not None:
         plot(doc, plot_path)
         click.echo(f"plot written to {plot_path}")
-    if not keep_logs:
-        shutil.rmtree(logs, ignore_errors=True)
 
 
 def _interrupt(signum: int, frame: object) -> NoReturn:
