@@ -12,21 +12,18 @@ every order ended exactly once.
   ended, then compares JetStream (outcome events, dead letters), Redis (order
   state, charges, stock) and the simulated gateway's books with the plan.
 
-Process spawning, the outcome and dead-letter readers and the order builder are
-those of the e2e suite (``tests/e2e``), loaded by path: test directories are not
-packages, and pytest imports every ``conftest.py`` under the same module name.
+Process spawning, the outcome and dead-letter readers (:mod:`pipeline_stack`) and
+the order builder (:mod:`orders_builder`) are those of the e2e suite.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -36,11 +33,12 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import nats
 import pipeline_stack as e2e
+from orders_builder import encode_order_created_by_hand as encode_by_hand
+from orders_builder import order as build_order
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import codec
@@ -49,23 +47,6 @@ from dev.servers import NatsServer, RedisServer, free_port, wait_until
 from orders import names
 from orders.domain.model import OutcomeKind, RawOrder
 from orders.worker import FAILED_STOP_DEADLINE_S
-
-
-def _load(module_name: str, path: Path) -> ModuleType:
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    assert spec is not None and spec.loader is not None, path
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # dataclasses look their module up while building
-    spec.loader.exec_module(module)
-    return module
-
-
-_E2E = Path(__file__).resolve().parent.parent / "e2e"
-e2e_pipeline = _load("orders_e2e_test_pipeline", _E2E / "test_pipeline.py")
-build_order = e2e_pipeline.order
-encode_by_hand = e2e_pipeline.encode_order_created_by_hand
 
 # The e2e suite's fast failure paths, plus timings that let a lost bridge or worker
 # be noticed within seconds: a message unacked for ACK_WAIT is redelivered, a
