@@ -3,10 +3,10 @@ against real NATS and Redis servers, driven from outside like a producer and an
 operator would.
 
 :class:`Stack` starts and stops the two processes; :class:`Pipeline` is what a
-test talks to (publish, read outcome events and dead letters from JetStream,
-read order state and stock from Redis). Each helper call opens its own short
-NATS connection inside ``asyncio.run``, so tests stay synchronous and no
-connection outlives a call.
+test talks to (publish, read outcome events and dead letters from JetStream
+with :mod:`dev.outcomes`, read order state and stock from Redis). Each helper
+call opens its own short NATS connection inside ``asyncio.run``, so tests stay
+synchronous and no connection outlives a call.
 
 A module of its own (``tests`` is on the import path), not a conftest: the e2e
 fixtures, the fault harness and single tests import it by name.
@@ -31,10 +31,11 @@ from typing import Any
 
 import nats
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, ConsumerInfo
+from nats.js.api import ConsumerInfo
 
 from bridge import codec
-from dev import procs
+from dev import outcomes, procs
+from dev.outcomes import DeadLetter, OutcomeEvent
 from dev.procs import bridge_command, child_env, spawn, worker_command
 from dev.servers import free_port
 from orders import names
@@ -42,7 +43,7 @@ from orders.adapters import redis_keys
 from orders.adapters.order_state import OrderState, OrderView
 from orders.adapters.redis_inventory import RedisInventory
 from orders.bootstrap import redis_client
-from orders.domain.model import OutcomeKind, RawOrder
+from orders.domain.model import RawOrder
 from orders.settings import load_settings
 
 # Small timings so that failure paths finish within seconds, not minutes.
@@ -197,53 +198,6 @@ def stop_process(process: subprocess.Popen[bytes] | None, *, kill_group: bool) -
 # What a test sees
 
 
-@dataclass(frozen=True)
-class OutcomeEvent:
-    kind: OutcomeKind
-    order_id: str
-    msg_id: str
-    seq: int
-    fields: dict[str, Any]
-    stored_at: float = 0.0  # JetStream's timestamp, seconds since the epoch
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    seq: int
-    subject: str
-    headers: dict[str, str]
-    data: bytes
-
-
-async def _read_all(js: JetStreamContext, stream: str, subjects: list[str]) -> list[Any]:
-    """Every message stored in ``stream`` on ``subjects`` right now, in stream order."""
-    info = await js.stream_info(stream, subjects_filter=">")
-    stored = info.state.subjects or {}
-    count = sum(n for subject, n in stored.items() if any(_matches(p, subject) for p in subjects))
-    if count == 0:
-        return []
-    sub = await js.subscribe(
-        subjects[0],
-        stream=stream,
-        ordered_consumer=True,
-        config=ConsumerConfig(filter_subjects=subjects),
-    )
-    try:
-        return [await sub.next_msg(timeout=10) for _ in range(count)]
-    finally:
-        await sub.unsubscribe()
-
-
-def _matches(pattern: str, subject: str) -> bool:
-    p, s = pattern.split("."), subject.split(".")
-    for i, token in enumerate(p):
-        if token == ">":
-            return len(s) > i
-        if i >= len(s) or (token != "*" and token != s[i]):
-            return False
-    return len(p) == len(s)
-
-
 class Pipeline:
     """The running pipeline as an outside test sees it."""
 
@@ -290,23 +244,7 @@ class Pipeline:
         )
 
     def all_outcomes(self) -> list[OutcomeEvent]:
-        subjects = [names.SUBJECT_COMPLETED, names.SUBJECT_FAILED]
-        msgs = self._nats(lambda js: _read_all(js, names.ORDERS_STREAM, subjects))
-        events = []
-        for msg in msgs:
-            kind = OutcomeKind(msg.subject.rsplit(".", 1)[1])
-            fields = codec.decode_outcome(kind, msg.data)
-            events.append(
-                OutcomeEvent(
-                    kind=kind,
-                    order_id=str(fields["order_id"]),
-                    msg_id=(msg.headers or {}).get(names.HDR_MSG_ID, ""),
-                    seq=msg.metadata.sequence.stream,
-                    fields=fields,
-                    stored_at=msg.metadata.timestamp.timestamp(),
-                )
-            )
-        return events
+        return self._nats(outcomes.stored_outcomes)
 
     def outcomes_by_order(self) -> dict[str, list[OutcomeEvent]]:
         grouped: dict[str, list[OutcomeEvent]] = defaultdict(list)
@@ -326,16 +264,7 @@ class Pipeline:
         return wait_for(first, timeout, f"an outcome event for order {order_id}", interval=0.2)
 
     def dlq_messages(self) -> list[DeadLetter]:
-        msgs = self._nats(lambda js: _read_all(js, names.DLQ_STREAM, list(names.DLQ_SUBJECTS)))
-        return [
-            DeadLetter(
-                seq=m.metadata.sequence.stream,
-                subject=m.subject,
-                headers=dict(m.headers or {}),
-                data=m.data,
-            )
-            for m in msgs
-        ]
+        return self._nats(outcomes.stored_dead_letters)
 
     def await_dead_letter(self, original_seq: int, timeout: float) -> DeadLetter:
         def find() -> DeadLetter | None:

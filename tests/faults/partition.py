@@ -30,7 +30,7 @@ import nats
 from harness import FaultStack, Proc, endpoint_status, ready_status
 from tcp_proxy import TcpProxy
 
-from orders import names
+from dev.outcomes import count_stored_outcomes
 
 
 class PartitionStack(FaultStack):
@@ -150,9 +150,7 @@ class Probe:
             js = nc.jetstream(timeout=3)
             while not self._stop.is_set():
                 with contextlib.suppress(Exception):
-                    info = await js.stream_info(names.ORDERS_STREAM, subjects_filter="ORDER.*")
-                    subjects = info.state.subjects or {}
-                    stored = sum(n for s, n in subjects.items() if s != names.SUBJECT_CREATED)
+                    stored = await count_stored_outcomes(js)
                     with self._lock:
                         self.outcomes.append((time.monotonic(), stored))
                 await asyncio.sleep(1.0)

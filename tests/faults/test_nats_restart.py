@@ -34,6 +34,7 @@ from harness import (
 from nats.js.errors import NotFoundError
 from partition import Probe, fmt, healthy, not_ready, print_timings, ready
 
+from dev.outcomes import count_stored_outcomes
 from dev.servers import wait_until
 from orders import names
 
@@ -217,16 +218,11 @@ def test_deleted_consumer_is_recreated_and_the_replay_is_idempotent(stack: Fault
 def _outcomes_stored(stack: FaultStack) -> int:
     """Outcome events (``ORDER.completed`` + ``ORDER.failed``) stored in ``ORDERS``."""
 
-    async def count(js: Any) -> int:
-        info = await js.stream_info(names.ORDERS_STREAM, subjects_filter="ORDER.*")
-        subjects = info.state.subjects or {}
-        return sum(n for s, n in subjects.items() if s != names.SUBJECT_CREATED)
-
     found: list[int] = []
 
     def counted() -> bool:
         with contextlib.suppress(Exception):  # a server still recovering its streams
-            found.append(stack.pipeline._nats(count))
+            found.append(stack.pipeline._nats(count_stored_outcomes))
         return bool(found)
 
     wait_until(counted, RECOVER_WITHIN_S, 0.5, "NATS to answer stream info")
