@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 from cluster import ClusterStack
-from harness import Workload, check_invariants, wait_in_flight, wait_ready
+from harness import wait_in_flight, wait_ready
+from invariants import check_invariants
 from partition import print_timings
+from workload import Workload
 
 from dev.outcomes import count_stored_outcomes
 from dev.servers import wait_until

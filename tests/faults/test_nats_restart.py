@@ -22,20 +22,15 @@ import urllib.request
 from typing import Any
 
 import pytest
-from harness import (
-    FaultStack,
-    Proc,
-    Workload,
-    check_invariants,
-    ready_status,
-    wait_in_flight,
-    wait_ready,
-)
+from harness import FaultStack, ready_status, wait_in_flight, wait_ready
+from invariants import check_invariants
 from nats.js.errors import NotFoundError
 from partition import Probe, fmt, healthy, not_ready, print_timings, ready
+from workload import Workload
 
 from dev.outcomes import count_stored_outcomes
 from dev.servers import wait_until
+from dev.stack import Child
 from orders import names
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -240,11 +235,11 @@ def _consumer_missing(stack: FaultStack) -> bool:
     return stack.pipeline._nats(missing)
 
 
-def _log_count(procs: list[Proc], text: str) -> int:
+def _log_count(procs: list[Child], text: str) -> int:
     return sum(p.log.read_text(errors="replace").count(text) for p in procs)
 
 
-def _metric(bridge: Proc, name: str) -> float:
+def _metric(bridge: Child, name: str) -> float:
     """One unlabelled sample of the bridge's ``GET /metrics``."""
     with _NO_PROXY.open(f"http://127.0.0.1:{bridge.port}/metrics", timeout=3) as response:
         for line in response.read().decode().splitlines():

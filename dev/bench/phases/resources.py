@@ -15,7 +15,7 @@ import time
 from nats.js import JetStreamContext
 
 from dev import outcomes, publisher
-from dev.bench import load
+from dev.bench import load, procfs
 from dev.bench.phases.pipeline import per_order
 from dev.bench.stack import BenchStack
 
@@ -56,8 +56,8 @@ async def run(
     elapsed = time.perf_counter() - started
     await publishing  # its errors, if any
     cpu_after = stack.cpu_s()
-    bridges = [bridge.usage() for bridge in stack.bridges]
-    workers = [worker.usage() for worker in stack.workers]
+    bridges = [procfs.usage(bridge.pid) for bridge in stack.bridges]
+    workers = [procfs.usage(worker.pid) for worker in stack.workers]
     return {
         "orders": len(batch),
         "elapsed_s": round(elapsed, 1),
@@ -72,8 +72,8 @@ async def run(
 
 
 def _sample(stack: BenchStack, t: float, published: int, done: int) -> dict[str, float]:
-    bridge = stack.bridges[0].usage()
-    workers = [worker.usage() for worker in stack.workers]
+    bridge = procfs.usage(stack.bridges[0].pid)
+    workers = [procfs.usage(worker.pid) for worker in stack.workers]
     return {
         "t_s": round(t, 2),
         "published": published,
