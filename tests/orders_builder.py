@@ -22,17 +22,21 @@ def order(
     customer_id: str = "customer-1",
     currency: str = "USD",
 ) -> RawOrder:
-    """An ``OrderCreated``; ``total`` defaults to the items' sum, added up in cents."""
-    if total is None:
-        cents = sum(qty * round(price * 100) for _, qty, price in items if math.isfinite(price))
-        total = cents / 100
+    """An ``OrderCreated``; ``total`` defaults to the items' sum (:func:`items_total`)."""
     return RawOrder(
         order_id=order_id,
         customer_id=customer_id,
         items=tuple(RawItem(product_id=p, quantity=q, unit_price=u) for p, q, u in items),
-        total_amount=total,
+        total_amount=items_total(items) if total is None else total,
         currency=currency,
     )
+
+
+def items_total(items: list[tuple[str, int, float]]) -> float:
+    """What ``(product, quantity, unit price)`` items add up to, in cents (so 3 x 19.99
+    is 59.97, not 59.970000000000006); a price that is not finite adds nothing."""
+    cents = sum(qty * round(price * 100) for _, qty, price in items if math.isfinite(price))
+    return cents / 100
 
 
 def encode_order_created_by_hand(o: RawOrder) -> bytes:
