@@ -6,7 +6,7 @@
 - :class:`ClusterStack`: the harness's stack on that cluster, with
   ``STREAM_REPLICAS=3``. Bridges and workers get ``NATS_URL`` listing every node.
 
-The harness's producer and the e2e helpers connect with ``nats.connect(url)``,
+The workload's producer and the e2e helpers connect with ``nats.connect(url)``,
 which takes one URL (or a list), not ``NATS_URL``'s comma-separated form; while a
 ``ClusterStack`` is open their ``nats`` module is seen through :class:`_ServerList`,
 which splits such a string.
