@@ -2,11 +2,11 @@
 against real NATS and Redis servers, driven from outside like a producer and an
 operator would.
 
-:class:`Stack` starts and stops the two processes; :class:`Pipeline` is what a
-test talks to (publish, read outcome events and dead letters from JetStream,
-read order state and stock from Redis). Each helper call opens its own short
-NATS connection inside ``asyncio.run``, so tests stay synchronous and no
-connection outlives a call.
+:class:`Stack` starts and stops the two processes (:mod:`dev.stack`);
+:class:`Pipeline` is what a test talks to: publish, read outcome events and dead
+letters from JetStream (:mod:`dev.outcomes`), read order state and stock from
+Redis. Each helper call opens its own short NATS connection inside
+``asyncio.run``, so tests stay synchronous and no connection outlives a call.
 
 A module of its own (``tests`` is on the import path), not a conftest: the e2e
 fixtures, the fault harness and single tests import it by name.
@@ -16,33 +16,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import nats
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, ConsumerInfo
+from nats.js.api import ConsumerInfo
 
 from bridge import codec
-from dev import procs
-from dev.procs import bridge_command, child_env, spawn, worker_command
+from dev import outcomes, procs
+from dev.outcomes import DeadLetter, OutcomeEvent
+from dev.procs import bridge_command, child_env, worker_command
 from dev.servers import free_port
+from dev.stack import Child, Processes
 from orders import names
 from orders.adapters import redis_keys
 from orders.adapters.order_state import OrderState, OrderView
 from orders.adapters.redis_inventory import RedisInventory
 from orders.bootstrap import redis_client
-from orders.domain.model import OutcomeKind, RawOrder
+from orders.domain.model import RawOrder
 from orders.settings import RedisConnection, load_settings
 
 # Small timings so that failure paths finish within seconds, not minutes.
@@ -60,8 +57,6 @@ START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 OUTCOME_TIMEOUT_S = 60.0
 LOG_TAIL_LINES = 60
-
-_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def unique(prefix: str) -> str:
@@ -97,18 +92,39 @@ def named_worker_command(name: str) -> list[str]:
     return worker_command("--concurrency", "2", "--pool", "prefork", "--hostname", f"{name}@%h")
 
 
-@dataclass
 class Stack:
-    """One ``orders-worker`` and one ``orders-bridge``, logging to files in ``log_dir``."""
+    """One ``orders-worker`` and one ``orders-bridge``, logging to files in ``log_dir``;
+    both get the bridge's HTTP port as ``PORT``."""
 
-    nats_url: str
-    redis_url: str
-    log_dir: Path
-    extra_env: dict[str, str] = field(default_factory=dict)
-    port: int = field(default_factory=free_port)
-    worker: subprocess.Popen[bytes] | None = None
-    bridge: subprocess.Popen[bytes] | None = None
-    workers_started: int = 0
+    def __init__(
+        self,
+        nats_url: str,
+        redis_url: str,
+        log_dir: Path,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.log_dir = log_dir
+        self.port = free_port()
+        # FAST_FAILURE_ENV first: a test's own values win.
+        env = [FAST_FAILURE_ENV, extra_env or {}]
+        self.processes = Processes(
+            log_dir, nats_url=nats_url, redis_url=redis_url, env=env, start_timeout=START_TIMEOUT_S
+        )
+        self._bridge: Child | None = None
+        self._worker: Child | None = None
+
+    # The processes themselves, for a test to signal (SIGSTOP a bridge) or poll.
+    @property
+    def bridge(self) -> subprocess.Popen[bytes] | None:
+        return None if self._bridge is None else self._bridge.popen
+
+    @property
+    def worker(self) -> subprocess.Popen[bytes] | None:
+        return None if self._worker is None else self._worker.popen
+
+    @property
+    def workers_started(self) -> int:
+        return len(self.processes.workers)
 
     @property
     def bridge_log(self) -> Path:
@@ -118,130 +134,36 @@ class Stack:
         return self.log_dir / f"worker-{self.workers_started if n is None else n}.log"
 
     def start(self) -> None:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        """The worker, then the bridge; each ready before the next starts."""
         self.start_worker()
-        self.bridge = self._spawn(bridge_command(), self.bridge_log, self.extra_env)
-        wait_for(self._ready, START_TIMEOUT_S, "the bridge's GET /ready to answer 200")
+        self._bridge = self.processes.start("bridge", bridge_command, name="bridge", port=self.port)
 
     def start_worker(self, extra_env: dict[str, str] | None = None) -> None:
         """Start a worker (again) and wait until Celery reports it ready."""
-        self.workers_started += 1
-        env = {**self.extra_env, **(extra_env or {})}
-        log = self.worker_log()
-        self.worker = self._spawn(named_worker_command(unique("e2e")), log, env)
-        worker = self.worker
-
-        def worker_ready() -> bool:
-            self._check_alive(worker, log)
-            return " ready." in log.read_text(errors="replace")
-
-        wait_for(worker_ready, START_TIMEOUT_S, "the worker to report ready", interval=0.2)
+        self._worker = self.processes.start(
+            "worker", lambda: named_worker_command(unique("e2e")), extra_env, port=self.port
+        )
 
     def stop_worker(self) -> int | None:
         """SIGTERM (warm shutdown), then SIGKILL the whole pool if it hangs."""
-        worker, self.worker = self.worker, None
-        return stop_process(worker, kill_group=True)
+        worker, self._worker = self._worker, None
+        return None if worker is None else self.processes.stop(worker, STOP_TIMEOUT_S)
 
     def stop(self) -> int | None:
         """Stop the bridge first (it drains into the workers), then the worker.
         Returns the bridge's exit code."""
-        bridge, self.bridge = self.bridge, None
+        bridge, self._bridge = self._bridge, None
         try:
-            code = stop_process(bridge, kill_group=False)
+            return None if bridge is None else self.processes.stop(bridge, STOP_TIMEOUT_S)
         finally:
             self.stop_worker()
-        return code
 
     def logs(self) -> str:
-        workers = [self.worker_log(n) for n in range(1, self.workers_started + 1)]
-        return "\n".join(log_tail(p) for p in [self.bridge_log, *workers])
-
-    def _spawn(self, command: list[str], log: Path, extra: dict[str, str]) -> subprocess.Popen:
-        env = process_env(self.nats_url, self.redis_url, self.port, extra)
-        return spawn(command, env, log)
-
-    def _ready(self) -> bool:
-        assert self.bridge is not None
-        self._check_alive(self.bridge, self.bridge_log)
-        try:
-            with _NO_PROXY.open(f"http://127.0.0.1:{self.port}/ready", timeout=3) as response:
-                return response.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
-
-    @staticmethod
-    def _check_alive(process: subprocess.Popen[bytes], log: Path) -> None:
-        code = process.poll()
-        if code is not None:
-            raise RuntimeError(f"{process.args[0]} exited with {code} at start\n{log_tail(log)}")
-
-
-def stop_process(process: subprocess.Popen[bytes] | None, *, kill_group: bool) -> int | None:
-    if process is None:
-        return None
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    if kill_group:  # pool children that outlived their parent
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-    return process.returncode
+        return self.processes.logs(LOG_TAIL_LINES)
 
 
 # ---------------------------------------------------------------------------------
 # What a test sees
-
-
-@dataclass(frozen=True)
-class OutcomeEvent:
-    kind: OutcomeKind
-    order_id: str
-    msg_id: str
-    seq: int
-    fields: dict[str, Any]
-    stored_at: float = 0.0  # JetStream's timestamp, seconds since the epoch
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    seq: int
-    subject: str
-    headers: dict[str, str]
-    data: bytes
-
-
-async def _read_all(js: JetStreamContext, stream: str, subjects: list[str]) -> list[Any]:
-    """Every message stored in ``stream`` on ``subjects`` right now, in stream order."""
-    info = await js.stream_info(stream, subjects_filter=">")
-    stored = info.state.subjects or {}
-    count = sum(n for subject, n in stored.items() if any(_matches(p, subject) for p in subjects))
-    if count == 0:
-        return []
-    sub = await js.subscribe(
-        subjects[0],
-        stream=stream,
-        ordered_consumer=True,
-        config=ConsumerConfig(filter_subjects=subjects),
-    )
-    try:
-        return [await sub.next_msg(timeout=10) for _ in range(count)]
-    finally:
-        await sub.unsubscribe()
-
-
-def _matches(pattern: str, subject: str) -> bool:
-    p, s = pattern.split("."), subject.split(".")
-    for i, token in enumerate(p):
-        if token == ">":
-            return len(s) > i
-        if i >= len(s) or (token != "*" and token != s[i]):
-            return False
-    return len(p) == len(s)
 
 
 class Pipeline:
@@ -290,23 +212,7 @@ class Pipeline:
         )
 
     def all_outcomes(self) -> list[OutcomeEvent]:
-        subjects = [names.SUBJECT_COMPLETED, names.SUBJECT_FAILED]
-        msgs = self._nats(lambda js: _read_all(js, names.ORDERS_STREAM, subjects))
-        events = []
-        for msg in msgs:
-            kind = OutcomeKind(msg.subject.rsplit(".", 1)[1])
-            fields = codec.decode_outcome(kind, msg.data)
-            events.append(
-                OutcomeEvent(
-                    kind=kind,
-                    order_id=str(fields["order_id"]),
-                    msg_id=(msg.headers or {}).get(names.HDR_MSG_ID, ""),
-                    seq=msg.metadata.sequence.stream,
-                    fields=fields,
-                    stored_at=msg.metadata.timestamp.timestamp(),
-                )
-            )
-        return events
+        return self._nats(outcomes.stored_outcomes)
 
     def outcomes_by_order(self) -> dict[str, list[OutcomeEvent]]:
         grouped: dict[str, list[OutcomeEvent]] = defaultdict(list)
@@ -326,16 +232,7 @@ class Pipeline:
         return wait_for(first, timeout, f"an outcome event for order {order_id}", interval=0.2)
 
     def dlq_messages(self) -> list[DeadLetter]:
-        msgs = self._nats(lambda js: _read_all(js, names.DLQ_STREAM, list(names.DLQ_SUBJECTS)))
-        return [
-            DeadLetter(
-                seq=m.metadata.sequence.stream,
-                subject=m.subject,
-                headers=dict(m.headers or {}),
-                data=m.data,
-            )
-            for m in msgs
-        ]
+        return self._nats(outcomes.stored_dead_letters)
 
     def await_dead_letter(self, original_seq: int, timeout: float) -> DeadLetter:
         def find() -> DeadLetter | None:

@@ -1,29 +1,27 @@
-"""Load for the pipeline and what JetStream says about it: synthetic orders,
-publishing (a burst or a fixed rate), waiting until every order has its outcome
-and every input is acked, and the server's timestamps of stored messages."""
+"""Load for the pipeline and what JetStream says about it: synthetic orders, and
+waiting until every order has its outcome and every input is acked. Publishing is
+:mod:`dev.publisher`'s, reading outcomes back :mod:`dev.outcomes`'."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import nats
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, ConsumerInfo, DeliverPolicy, PubAck
+from nats.js.api import ConsumerInfo
 
 from bridge.cli.publish import synthetic_order
 from bridge.codec import encode_order_created
+from dev.outcomes import count_stored_outcomes
+from dev.publisher import Message
 from orders import names
 from orders.domain.model import RawOrder
 
-OUTCOME_SUBJECTS = (names.SUBJECT_COMPLETED, names.SUBJECT_FAILED)
-# Publishes awaiting their PubAck, as ``orders publish`` keeps.
-PUBLISH_WINDOW = 512
 # No outcome stored for this long means something is broken, not slow.
 STALL_TIMEOUT_S = 60.0
 POLL_INTERVAL_S = 0.05
@@ -43,6 +41,10 @@ class Batch:
     def __len__(self) -> int:
         return len(self.order_ids)
 
+    def messages(self) -> Iterator[Message]:
+        """(``Nats-Msg-Id`` = order id, payload), as :mod:`dev.publisher` sends them."""
+        return zip(self.order_ids, self.payloads, strict=True)
+
 
 @asynccontextmanager
 async def jetstream(nats_url: str) -> AsyncIterator[JetStreamContext]:
@@ -61,51 +63,6 @@ def make_batch(prefix: str, count: int, seed: int = 0) -> Batch:
     ids = [f"{prefix}-{n}" for n in range(1, count + 1)]
     orders = [synthetic_order(order_id, rng, above_minor=None) for order_id in ids]
     return Batch(ids, orders, [encode_order_created(order) for order in orders])
-
-
-async def publish(
-    js: JetStreamContext,
-    batch: Batch,
-    *,
-    subject: str = names.SUBJECT_CREATED,
-    stream: str = names.ORDERS_STREAM,
-    rate: float | None = None,
-    on_ack: Progress | None = None,
-) -> list[int]:
-    """Publish the batch with ``Nats-Msg-Id`` = order id, as fast as the window allows
-    or at ``rate`` per second; returns the stream sequence of each message."""
-    pending: deque[asyncio.Future[PubAck]] = deque()
-    seqs: list[int] = []
-    start = time.monotonic()
-
-    async def settle() -> None:
-        ack = await asyncio.wait_for(pending.popleft(), READ_TIMEOUT_S)
-        seqs.append(ack.seq)
-        if on_ack is not None:
-            on_ack(len(seqs))
-
-    for n, (order_id, payload) in enumerate(zip(batch.order_ids, batch.payloads, strict=True)):
-        if rate:
-            # Each send is due at start + n/rate, so a late one does not delay the rest.
-            delay = start + n / rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        future = await js.publish_async(
-            subject, payload, headers={names.HDR_MSG_ID: order_id}, stream=stream
-        )
-        pending.append(future)
-        while len(pending) >= PUBLISH_WINDOW or (rate and pending and pending[0].done()):
-            await settle()
-    while pending:
-        await settle()
-    return seqs
-
-
-async def outcomes_stored(js: JetStreamContext) -> int:
-    """Outcome events in the ``ORDERS`` stream now."""
-    info = await js.stream_info(names.ORDERS_STREAM, subjects_filter="ORDER.*")
-    subjects = info.state.subjects or {}
-    return sum(subjects.get(subject, 0) for subject in OUTCOME_SUBJECTS)
 
 
 async def consumer_idle(js: JetStreamContext) -> bool:
@@ -131,7 +88,7 @@ async def wait_finished(
     now = time.monotonic()
     deadline, last_progress, last_stored = now + timeout, now, -1
     while True:
-        stored = await outcomes_stored(js)
+        stored = await count_stored_outcomes(js)
         if on_outcome is not None:
             on_outcome(stored)
         if stored >= target and await consumer_idle(js):
@@ -147,33 +104,3 @@ async def wait_finished(
                 f"events are stored (the last {now - last_progress:.0f}s added none)"
             )
         await asyncio.sleep(POLL_INTERVAL_S)
-
-
-async def stored_at(
-    js: JetStreamContext, subjects: tuple[str, ...], first_seq: int, keys: set[str]
-) -> dict[str, float]:
-    """JetStream's own timestamps (Unix seconds) of the messages on ``subjects`` from
-    stream sequence ``first_seq`` on, keyed by ``Nats-Msg-Id`` up to its first ``:``
-    (the order id, for an input and for its outcome); returns once every key of
-    ``keys`` is found."""
-    sub = await js.subscribe(
-        subjects[0],
-        stream=names.ORDERS_STREAM,
-        ordered_consumer=True,
-        config=ConsumerConfig(
-            filter_subjects=list(subjects),
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=first_seq,
-            headers_only=True,
-        ),
-    )
-    found: dict[str, float] = {}
-    try:
-        while len(found) < len(keys):
-            msg = await sub.next_msg(timeout=READ_TIMEOUT_S)
-            key = (msg.headers or {}).get(names.HDR_MSG_ID, "").split(":", 1)[0]
-            if key in keys:
-                found[key] = msg.metadata.timestamp.timestamp()
-    finally:
-        await sub.unsubscribe()
-    return found

@@ -25,6 +25,7 @@ from typing import Any
 import nats
 import pipeline_stack as e2e
 import pytest
+from orders_builder import items_total
 from pipeline_stack import Pipeline
 
 from bridge import codec
@@ -69,13 +70,11 @@ def created(
     currency: str = "USD",
 ) -> bytes:
     """An ``OrderCreated`` built with the generated code, so any value can be set."""
-    if total is None:
-        total = sum(q * round(p * 100) for _, q, p in items if math.isfinite(p)) / 100
     return orders_pb2.OrderCreated(
         order_id=order_id,
         customer_id=customer_id,
         items=[orders_pb2.OrderItem(product_id=p, quantity=q, unit_price=u) for p, q, u in items],
-        total_amount=total,
+        total_amount=items_total(items) if total is None else total,
         currency=currency,
     ).SerializeToString()
 

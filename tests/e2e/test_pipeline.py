@@ -9,7 +9,6 @@ polls a condition with a deadline.
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import uuid
 from collections import Counter
@@ -17,14 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import nats
-import protowire
 import pytest
+from orders_builder import encode_order_created_by_hand, order
 from pipeline_stack import Pipeline
 
 from bridge import codec
 from dev.servers import wait_until
 from orders import names
-from orders.domain.model import OutcomeKind, RawItem, RawOrder
+from orders.domain.model import OutcomeKind, RawOrder
 
 pytestmark = pytest.mark.e2e
 
@@ -39,27 +38,6 @@ def _new_order_id() -> str:
 
 def _new_sku() -> str:
     return unique("sku")
-
-
-def order(
-    order_id: str,
-    items: list[tuple[str, int, float]],
-    *,
-    total: float | None = None,
-    customer_id: str = "customer-1",
-    currency: str = "USD",
-) -> RawOrder:
-    """An ``OrderCreated``; ``total`` defaults to the items' sum, added up in cents."""
-    if total is None:
-        cents = sum(qty * round(price * 100) for _, qty, price in items if math.isfinite(price))
-        total = cents / 100
-    return RawOrder(
-        order_id=order_id,
-        customer_id=customer_id,
-        items=tuple(RawItem(product_id=p, quantity=q, unit_price=u) for p, q, u in items),
-        total_amount=total,
-        currency=currency,
-    )
 
 
 def _assert_no_effects(pipeline: Pipeline, order_id: str, sku: str, stock: int) -> None:
@@ -265,16 +243,6 @@ def test_order_published_again_after_completion_is_acked_without_effects(
 #
 # A producer in another language knows only the .proto, so this one encodes
 # OrderCreated by hand from the wire format instead of using generated code.
-
-
-def encode_order_created_by_hand(o: RawOrder) -> bytes:
-    return protowire.order_created(
-        o.order_id,
-        o.customer_id,
-        [(i.product_id, i.quantity, i.unit_price) for i in o.items],
-        o.total_amount,
-        o.currency,
-    )
 
 
 @dataclass(frozen=True)

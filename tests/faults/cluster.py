@@ -6,7 +6,7 @@
 - :class:`ClusterStack`: the harness's stack on that cluster, with
   ``STREAM_REPLICAS=3``. Bridges and workers get ``NATS_URL`` listing every node.
 
-The harness's producer and the e2e helpers connect with ``nats.connect(url)``,
+The workload's producer and the e2e helpers connect with ``nats.connect(url)``,
 which takes one URL (or a list), not ``NATS_URL``'s comma-separated form; while a
 ``ClusterStack`` is open their ``nats`` module is seen through :class:`_ServerList`,
 which splits such a string.
@@ -21,8 +21,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import harness
 import nats
+import workload
 from harness import FaultStack, e2e
 
 from dev.servers import NatsServer, ServerStartError, free_port, wait_until
@@ -176,7 +176,7 @@ class ClusterStack(FaultStack):
         self._patched: list[tuple[Any, Any]] = []
 
     def __enter__(self) -> ClusterStack:
-        for module in (harness, e2e):
+        for module in (workload, e2e):
             self._patched.append((module, module.nats))
             module.nats = _ServerList()
         super().__enter__()
@@ -191,7 +191,7 @@ class ClusterStack(FaultStack):
             self._patched.clear()
 
     def logs(self, lines: int = 40) -> str:
-        tails = [e2e.log_tail(p.log, lines) for p in self.procs]
+        tails = [e2e.log_tail(p.log, lines) for p in self.children]
         tails += [self.nats.logs(), e2e.log_tail(self.redis.log_path, 15)]
         return "\n".join(tails)
 

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from harness import FaultStack, Proc
+from harness import FaultStack
 from tcp_proxy import TcpProxy
 
 from dev.servers import RedisServer, wait_until
+from dev.stack import Child
 
 REPLICA_SYNC_TIMEOUT_S = 30.0
 
@@ -78,10 +79,10 @@ class FailoverStack(FaultStack):
         assert self.address is not None, "use FailoverStack as a context manager"
         return f"redis://{self.address.url_host_port}/0"
 
-    def add_bridge(self, env_overrides: dict[str, str] | None = None) -> Proc:
+    def add_bridge(self, env_overrides: dict[str, str] | None = None) -> Child:
         return super().add_bridge({"REDIS_URL": self.redis_address_url, **(env_overrides or {})})
 
-    def add_worker(self, env_overrides: dict[str, str] | None = None) -> Proc:
+    def add_worker(self, env_overrides: dict[str, str] | None = None) -> Child:
         return super().add_worker({"REDIS_URL": self.redis_address_url, **(env_overrides or {})})
 
     @property

@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import nats
-from harness import FaultStack, Proc, endpoint_status, ready_status
+from harness import FaultStack, ready_status
 from tcp_proxy import TcpProxy
 
-from orders import names
+from dev.outcomes import count_stored_outcomes
+from dev.stack import Child, endpoint_status
 
 
 class PartitionStack(FaultStack):
@@ -79,10 +80,10 @@ class PartitionStack(FaultStack):
         }
 
     # The URLs go into each process's own overrides, so a restart keeps them.
-    def add_bridge(self, env_overrides: dict[str, str] | None = None) -> Proc:
+    def add_bridge(self, env_overrides: dict[str, str] | None = None) -> Child:
         return super().add_bridge({**self.proxied_env, **(env_overrides or {})})
 
-    def add_worker(self, env_overrides: dict[str, str] | None = None) -> Proc:
+    def add_worker(self, env_overrides: dict[str, str] | None = None) -> Child:
         return super().add_worker({**self.proxied_env, **(env_overrides or {})})
 
 
@@ -90,9 +91,9 @@ class PartitionStack(FaultStack):
 # Observing
 
 
-def health_status(bridge: Proc) -> int | None:
+def health_status(bridge: Child) -> int | None:
     """HTTP status of the bridge's ``GET /health``, ``None`` when it does not answer."""
-    return endpoint_status(bridge, "/health")
+    return endpoint_status(bridge.port, "/health")
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ class Probe:
         for thread in self._threads:
             thread.join(10)
 
-    def _sample(self, bridge: Proc) -> None:
+    def _sample(self, bridge: Child) -> None:
         while not self._stop.is_set():
             if bridge.alive:
                 ready, health = ready_status(bridge), health_status(bridge)
@@ -150,9 +151,7 @@ class Probe:
             js = nc.jetstream(timeout=3)
             while not self._stop.is_set():
                 with contextlib.suppress(Exception):
-                    info = await js.stream_info(names.ORDERS_STREAM, subjects_filter="ORDER.*")
-                    subjects = info.state.subjects or {}
-                    stored = sum(n for s, n in subjects.items() if s != names.SUBJECT_CREATED)
+                    stored = await count_stored_outcomes(js)
                     with self._lock:
                         self.outcomes.append((time.monotonic(), stored))
                 await asyncio.sleep(1.0)
@@ -164,7 +163,7 @@ class Probe:
 
     def first(
         self,
-        bridge: Proc,
+        bridge: Child,
         after: float,
         predicate: Callable[[Sample], bool],
         before: float = float("inf"),
@@ -177,13 +176,13 @@ class Probe:
                 return sample.t - after
         return None
 
-    def during(self, bridge: Proc, start: float, end: float) -> list[Sample]:
+    def during(self, bridge: Child, start: float, end: float) -> list[Sample]:
         with self._lock:
             return [s for s in self.samples if s.bridge == bridge.name and start <= s.t < end]
 
     def wait_for(
         self,
-        bridge: Proc,
+        bridge: Child,
         after: float,
         predicate: Callable[[Sample], bool],
         timeout: float,

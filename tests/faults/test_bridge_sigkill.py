@@ -10,14 +10,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from harness import (
-    FaultStack,
-    Workload,
-    check_invariants,
-    ready_status,
-    wait_bridge_in_flight,
-    wait_ready,
-)
+from harness import FaultStack, ready_status, wait_bridge_in_flight, wait_ready
+from invariants import check_invariants
+from workload import Workload
 
 from dev.servers import wait_until
 

@@ -10,7 +10,9 @@ compensation left no money charged and no stock held.
 from __future__ import annotations
 
 import pytest
-from harness import FaultStack, Workload, check_invariants, wait_ready
+from harness import FaultStack, wait_ready
+from invariants import check_invariants
+from workload import Workload
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -17,9 +17,12 @@ from pathlib import Path
 
 import pytest
 from cluster import ClusterStack
-from harness import Workload, check_invariants, wait_in_flight, wait_ready
+from harness import wait_in_flight, wait_ready
+from invariants import check_invariants
 from partition import print_timings
+from workload import Workload
 
+from dev.outcomes import count_stored_outcomes
 from dev.servers import wait_until
 from orders import names
 
@@ -123,12 +126,9 @@ def _outcomes_stored(stack: ClusterStack) -> int:
     found: list[int] = []
 
     def counted() -> bool:
-        info = stack.nats._try(
-            lambda js: js.stream_info(names.ORDERS_STREAM, subjects_filter="ORDER.*")
-        )
-        if info is not None:
-            subjects = info.state.subjects or {}
-            found.append(sum(n for s, n in subjects.items() if s != names.SUBJECT_CREATED))
+        stored = stack.nats._try(count_stored_outcomes)
+        if stored is not None:
+            found.append(stored)
         return bool(found)
 
     wait_until(counted, RECOVER_WITHIN_S, 0.5, "the cluster to answer stream info")

@@ -22,19 +22,15 @@ import urllib.request
 from typing import Any
 
 import pytest
-from harness import (
-    FaultStack,
-    Proc,
-    Workload,
-    check_invariants,
-    ready_status,
-    wait_in_flight,
-    wait_ready,
-)
+from harness import FaultStack, ready_status, wait_in_flight, wait_ready
+from invariants import check_invariants
 from nats.js.errors import NotFoundError
 from partition import Probe, fmt, healthy, not_ready, print_timings, ready
+from workload import Workload
 
+from dev.outcomes import count_stored_outcomes
 from dev.servers import wait_until
+from dev.stack import Child
 from orders import names
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -217,16 +213,11 @@ def test_deleted_consumer_is_recreated_and_the_replay_is_idempotent(stack: Fault
 def _outcomes_stored(stack: FaultStack) -> int:
     """Outcome events (``ORDER.completed`` + ``ORDER.failed``) stored in ``ORDERS``."""
 
-    async def count(js: Any) -> int:
-        info = await js.stream_info(names.ORDERS_STREAM, subjects_filter="ORDER.*")
-        subjects = info.state.subjects or {}
-        return sum(n for s, n in subjects.items() if s != names.SUBJECT_CREATED)
-
     found: list[int] = []
 
     def counted() -> bool:
         with contextlib.suppress(Exception):  # a server still recovering its streams
-            found.append(stack.pipeline._nats(count))
+            found.append(stack.pipeline._nats(count_stored_outcomes))
         return bool(found)
 
     wait_until(counted, RECOVER_WITHIN_S, 0.5, "NATS to answer stream info")
@@ -244,11 +235,11 @@ def _consumer_missing(stack: FaultStack) -> bool:
     return stack.pipeline._nats(missing)
 
 
-def _log_count(procs: list[Proc], text: str) -> int:
+def _log_count(procs: list[Child], text: str) -> int:
     return sum(p.log.read_text(errors="replace").count(text) for p in procs)
 
 
-def _metric(bridge: Proc, name: str) -> float:
+def _metric(bridge: Child, name: str) -> float:
     """One unlabelled sample of the bridge's ``GET /metrics``."""
     with _NO_PROXY.open(f"http://127.0.0.1:{bridge.port}/metrics", timeout=3) as response:
         for line in response.read().decode().splitlines():

@@ -24,7 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Workload, check_invariants, wait_in_flight, wait_ready
+from harness import wait_in_flight, wait_ready
+from invariants import check_invariants
 from partition import (
     PartitionStack,
     Probe,
@@ -36,6 +37,7 @@ from partition import (
     ready,
     unhealthy,
 )
+from workload import Workload
 
 from dev.servers import wait_until
 

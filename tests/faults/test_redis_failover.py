@@ -21,18 +21,13 @@ from pathlib import Path
 
 import pytest
 from failover import FailoverStack
-from harness import (
-    Proc,
-    Workload,
-    bridge_metric,
-    check_invariants,
-    restart_workers_kombu_crashed,
-    wait_in_flight,
-    wait_ready,
-)
+from harness import bridge_metric, restart_workers_kombu_crashed, wait_in_flight, wait_ready
+from invariants import check_invariants
 from partition import print_timings
+from workload import Workload
 
 from dev.servers import wait_until
+from dev.stack import Child
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -131,5 +126,5 @@ def _last_outcome_at(stack: FailoverStack, workload: Workload) -> float:
     )
 
 
-def _sent(bridge: Proc, cause: str) -> float:
+def _sent(bridge: Child, cause: str) -> float:
     return bridge_metric(bridge, "orders_bridge_workflows_sent_total", cause=cause)

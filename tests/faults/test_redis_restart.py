@@ -11,14 +11,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from harness import (
-    FaultStack,
-    Workload,
-    check_invariants,
-    restart_workers_kombu_crashed,
-    wait_in_flight,
-    wait_ready,
-)
+from harness import FaultStack, restart_workers_kombu_crashed, wait_in_flight, wait_ready
+from invariants import check_invariants
 from partition import (
     Probe,
     counts_in,
@@ -27,6 +21,7 @@ from partition import (
     print_timings,
     ready,
 )
+from workload import Workload
 
 from dev.servers import wait_until
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from harness import FaultStack, Workload, check_invariants, wait_ready
+from harness import FaultStack, wait_ready
+from invariants import check_invariants
+from workload import Workload
 
 from orders import names
 

@@ -13,7 +13,9 @@ import contextlib
 from pathlib import Path
 
 import pytest
-from harness import FaultStack, Workload, check_invariants, unfinished_tasks, wait_ready
+from harness import FaultStack, unfinished_tasks, wait_ready
+from invariants import check_invariants
+from workload import Workload
 
 from dev.servers import wait_until
 

@@ -13,6 +13,7 @@ import time
 
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
+from dev import publisher
 from dev.bench import load
 
 STREAM = "BENCH_CEILING"
@@ -35,7 +36,7 @@ async def run(
             )
         )
         started = time.perf_counter()
-        await load.publish(js, batch, subject=SUBJECT, stream=STREAM)
+        await publisher.publish_pipelined(js, batch.messages(), subject=SUBJECT, stream=STREAM)
         published_s = time.perf_counter() - started
         await js.add_consumer(
             STREAM,

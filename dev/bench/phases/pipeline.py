@@ -16,6 +16,7 @@ import time
 
 from nats.js import JetStreamContext
 
+from dev import outcomes, publisher
 from dev.bench import load
 from dev.bench.stack import BenchStack
 from orders import names
@@ -30,10 +31,10 @@ async def throughput(
 ) -> dict[str, object]:
     """Orders per second for ``batch`` published at once, and CPU seconds per order
     of each kind of process over the same interval."""
-    base = await load.outcomes_stored(js)
+    base = await outcomes.count_stored_outcomes(js)
     cpu_before = stack.cpu_s()
     started = time.perf_counter()
-    await load.publish(js, batch)
+    await publisher.publish_pipelined(js, batch.messages())
     finished = await load.wait_finished(
         js,
         base + len(batch),
@@ -60,13 +61,13 @@ async def latency(
     timeout: float,
 ) -> dict[str, object]:
     """Per-order latency percentiles (ms) with ``batch`` offered at ``rate`` per second."""
-    base = await load.outcomes_stored(js)
-    seqs = await load.publish(js, batch, rate=rate, on_ack=progress)
+    base = await outcomes.count_stored_outcomes(js)
+    seqs = await publisher.publish_pipelined(js, batch.messages(), rate=rate, on_ack=progress)
     await load.wait_finished(js, base + len(batch), timeout=timeout, check=stack.check_alive)
     keys = set(batch.order_ids)
     first = min(seqs)
-    created = await load.stored_at(js, (names.SUBJECT_CREATED,), first, keys)
-    ended = await load.stored_at(js, load.OUTCOME_SUBJECTS, first, keys)
+    created = await outcomes.stored_at(js, (names.SUBJECT_CREATED,), first, keys)
+    ended = await outcomes.stored_at(js, outcomes.OUTCOME_SUBJECTS, first, keys)
     samples = sorted((ended[key] - created[key]) * 1000 for key in keys)
     offered_over = max(created.values()) - min(created.values())
     return {

@@ -14,7 +14,8 @@ import time
 
 from nats.js import JetStreamContext
 
-from dev.bench import load
+from dev import outcomes, publisher
+from dev.bench import load, procfs
 from dev.bench.phases.pipeline import per_order
 from dev.bench.stack import BenchStack
 
@@ -27,7 +28,7 @@ async def run(
     progress: load.Progress,
     timeout: float,
 ) -> dict[str, object]:
-    base = await load.outcomes_stored(js)
+    base = await outcomes.count_stored_outcomes(js)
     cpu_before = stack.cpu_s()
     published = 0
 
@@ -36,25 +37,27 @@ async def run(
         published = count
 
     started = time.perf_counter()
-    publisher = asyncio.create_task(load.publish(js, batch, on_ack=acked))
+    publishing = asyncio.create_task(
+        publisher.publish_pipelined(js, batch.messages(), on_ack=acked)
+    )
     deadline = time.monotonic() + timeout
     samples: list[dict[str, float]] = []
     while True:
-        done = await load.outcomes_stored(js) - base
+        done = await outcomes.count_stored_outcomes(js) - base
         progress(done)
         samples.append(_sample(stack, time.perf_counter() - started, published, done))
-        if publisher.done() and done >= len(batch) and await load.consumer_idle(js):
+        if publishing.done() and done >= len(batch) and await load.consumer_idle(js):
             break
         stack.check_alive()
         if time.monotonic() > deadline:
-            publisher.cancel()
+            publishing.cancel()
             raise TimeoutError(f"after {timeout:g}s only {done} of {len(batch)} orders ended")
         await asyncio.sleep(interval)
     elapsed = time.perf_counter() - started
-    await publisher  # its errors, if any
+    await publishing  # its errors, if any
     cpu_after = stack.cpu_s()
-    bridges = [bridge.usage() for bridge in stack.bridges]
-    workers = [worker.usage() for worker in stack.workers]
+    bridges = [procfs.usage(bridge.pid) for bridge in stack.bridges]
+    workers = [procfs.usage(worker.pid) for worker in stack.workers]
     return {
         "orders": len(batch),
         "elapsed_s": round(elapsed, 1),
@@ -69,8 +72,8 @@ async def run(
 
 
 def _sample(stack: BenchStack, t: float, published: int, done: int) -> dict[str, float]:
-    bridge = stack.bridges[0].usage()
-    workers = [worker.usage() for worker in stack.workers]
+    bridge = procfs.usage(stack.bridges[0].pid)
+    workers = [procfs.usage(worker.pid) for worker in stack.workers]
     return {
         "t_s": round(t, 2),
         "published": published,
