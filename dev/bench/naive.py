@@ -24,12 +24,15 @@ TASK_VALIDATE = "bench_naive.validate"
 TASK_RESERVE = "bench_naive.reserve"
 TASK_CHARGE = "bench_naive.charge"
 TASK_COMPLETE = "bench_naive.complete"
+# The floor: a task that does nothing, acked late as the pipeline's tasks are.
+TASK_NOOP = "bench_naive.noop"
 
 _ROUTES = {
     TASK_VALIDATE: {"queue": QUEUE_ORDERS},
     TASK_COMPLETE: {"queue": QUEUE_ORDERS},
     TASK_RESERVE: {"queue": QUEUE_INVENTORY},
     TASK_CHARGE: {"queue": QUEUE_PAYMENTS},
+    TASK_NOOP: {"queue": QUEUE_ORDERS},
 }
 
 
@@ -52,6 +55,7 @@ def create_app(redis_url: str) -> Celery:
         (TASK_COMPLETE, _complete),
     ):
         app.task(name=name, shared=False)(body)
+    app.task(name=TASK_NOOP, shared=False, acks_late=True)(_noop)
     return app
 
 
@@ -64,6 +68,15 @@ def workflow(app: Celery, order: dict[str, Any]) -> Signature:
             app.signature(TASK_COMPLETE),
         ),
     )
+
+
+def noop(app: Celery) -> Signature:
+    """One no-op task; its result is ``"completed"``, like a workflow's."""
+    return app.signature(TASK_NOOP)
+
+
+def _noop() -> str:
+    return "completed"
 
 
 def _validate(order: dict[str, Any]) -> dict[str, Any]:

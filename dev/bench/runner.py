@@ -19,11 +19,11 @@ from typing import Any, Protocol
 from nats.js import JetStreamContext
 
 from bridge.settings import BridgeSettings
-from dev.bench import load, profile
+from dev.bench import commandstats, load, profile
 from dev.bench.phases import jetstream, naive_chord, pipeline, replica, resources
 from dev.bench.stack import BENCH_ENV, BenchStack
 
-PHASES = ("jetstream", "naive", "pipeline", "latency", "scaling", "resources", "replica")
+PHASES = ("jetstream", "noop", "naive", "pipeline", "latency", "scaling", "resources", "replica")
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,8 @@ class Plan:
     latency_seconds: float = 20.0
     latency_fraction: float = 0.7  # of the pipeline's peak, unless latency_rate is set
     latency_rate: float | None = None
+    # A light load, where a batch is one order: its latency is a single order's.
+    light_rate: float = 10.0
     burst: int = 10_000  # orders in flight for the resources phase
     warmup: int = 50  # untimed orders through fresh processes
     concurrency: int = 2  # prefork children of the worker, as Celery's default here
@@ -106,6 +108,8 @@ class Runner:
             self._stack = stack
             if self._wanted("jetstream"):
                 self._jetstream()
+            if self._wanted("noop"):
+                self._noop()
             if self._wanted("naive"):
                 self._naive()
             if self._wanted("pipeline") or self._wanted("latency"):
@@ -128,6 +132,24 @@ class Runner:
             )
         self.results["jetstream"] = result
         self.display.note(f"JetStream ceiling: {result['msgs_per_s']:,} msgs/s")
+
+    def _noop(self) -> None:
+        tasks = self.plan.orders
+        self.stack.start_naive_worker(self.plan.concurrency)
+        try:
+            with self.display.phase("Celery no-op tasks", tasks) as progress:
+                result = naive_chord.run_noop(
+                    self.stack.naive_redis_url,
+                    tasks,
+                    self.plan.warmup,
+                    progress,
+                    self.stack.check_alive,
+                )
+        finally:
+            self.stack.stop_all()
+        result["worker"] = f"celery prefork, concurrency {self.plan.concurrency}, acks_late"
+        self.results["noop"] = result
+        self.display.note(f"Celery no-op tasks: {result['tasks_per_s']:,} tasks/s")
 
     def _naive(self) -> None:
         batch = self._batch("naive", self.plan.orders)
@@ -155,12 +177,22 @@ class Runner:
 
     async def _pipeline(self, js: JetStreamContext) -> None:
         if self._wanted("pipeline"):
-            self.results["pipeline"] = await self._throughput(
+            redis_url = self.stack.redis.url
+            before = commandstats.snapshot(redis_url)
+            result = await self._throughput(
                 js, "pipeline", f"pipeline ({self._shape(self.plan.concurrency, 1)})", profiled=True
             )
-            self.display.note(f"pipeline: {self.results['pipeline']['orders_per_s']:,} orders/s")
+            result["redis_commands"] = commandstats.per_order(
+                before, commandstats.snapshot(redis_url), result["orders"]
+            )
+            self.results["pipeline"] = result
+            self.display.note(
+                f"pipeline: {result['orders_per_s']:,} orders/s, "
+                f"{result['redis_commands']['per_order']} Redis commands per order"
+            )
         if self._wanted("latency"):
             await self._latency(js)
+            await self._light_latency(js)
 
     async def _latency(self, js: JetStreamContext) -> None:
         rate = self.plan.latency_rate
@@ -175,6 +207,15 @@ class Runner:
         self.display.note(
             f"latency at {result['offered_rate']} orders/s: p50 {result['p50']} ms, "
             f"p95 {result['p95']} ms, p99 {result['p99']} ms"
+        )
+
+    async def _light_latency(self, js: JetStreamContext) -> None:
+        rate = self.plan.light_rate
+        result = await self._latency_at(js, "light", rate, f"latency at {rate:g} orders/s")
+        self.results["latency_light"] = result
+        self.display.note(
+            f"latency at {result['offered_rate']} orders/s: p50 {result['p50']} ms, "
+            f"p99 {result['p99']} ms"
         )
 
     def _scaling(self) -> None:

@@ -74,13 +74,19 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     for key in (
         "pipeline_orders_per_s",
         "naive_chord_orders_per_s",
+        "celery_noop_tasks_per_s",
         "ratio_vs_naive",
+        "redis_commands_per_order",
         "jetstream_msgs_per_s",
         "bridge_peak_rss_mb",
     ):
         assert _positive(doc[key]), (key, doc[key])
     for key in ("p50", "p95", "p99", "offered_rate"):
         assert _positive(doc["latency_ms"][key]), (key, doc["latency_ms"])
+        assert _positive(doc["latency_light_ms"][key]), (key, doc["latency_light_ms"])
+    # Counted by the server: the pipeline's scripts and kombu's queue commands among them.
+    by_command = doc["redis_commands_by_command"]
+    assert _positive(by_command["evalsha"]) and _positive(by_command["lpush"]), by_command
     shapes = {(p["worker_concurrency"], p["bridges"]) for p in doc["scaling"]}
     assert shapes == {(1, 1), (2, 1), (4, 1), (2, 2)}
     assert all(_positive(p["orders_per_s"]) for p in doc["scaling"]), doc["scaling"]

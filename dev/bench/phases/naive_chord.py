@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol, cast
 
 from celery import Celery, states
 from celery.backends.redis import RedisBackend
+from celery.canvas import Signature
 from celery.result import AsyncResult
 
 from dev.bench import load, naive
@@ -52,8 +53,8 @@ def run(
     orders = [order.model_dump(mode="json") for order in batch.orders]
     app = naive.create_app(redis_url)
     try:
-        _burst(app, orders[:warmup], lambda _: None, check)
-        elapsed = _burst(app, orders, progress, check)
+        _burst(app, (naive.workflow(app, o) for o in orders[:warmup]), lambda _: None, check)
+        elapsed = _burst(app, (naive.workflow(app, o) for o in orders), progress, check)
     finally:
         _release_results(app)
         app.close()
@@ -65,17 +66,43 @@ def run(
     }
 
 
+def run_noop(
+    redis_url: str,
+    tasks: int,
+    warmup: int,
+    progress: load.Progress,
+    check: Callable[[], None] = lambda: None,
+) -> dict[str, object]:
+    """The floor: ``tasks`` no-op tasks on the same worker, each awaited the same way."""
+    app = naive.create_app(redis_url)
+    try:
+        _burst(app, (naive.noop(app) for _ in range(warmup)), lambda _: None, check)
+        elapsed = _burst(app, (naive.noop(app) for _ in range(tasks)), progress, check)
+    finally:
+        _release_results(app)
+        app.close()
+    return {
+        "tasks": tasks,
+        "warmup": warmup,
+        "elapsed_s": round(elapsed, 3),
+        "tasks_per_s": round(tasks / elapsed, 1),
+    }
+
+
 def _burst(
     app: Celery,
-    orders: list[dict[str, Any]],
+    canvases: Iterable[Signature],
     progress: load.Progress,
     check: Callable[[], None],
 ) -> float:
+    """Send every canvas (built as it is sent, inside the timed interval), then poll
+    until each has the result ``"completed"``."""
     backend = _redis_backend(app)
     started = time.perf_counter()
     pending = dict.fromkeys(
-        backend.get_key_for_task(naive.workflow(app, order).apply_async().id) for order in orders
+        backend.get_key_for_task(canvas.apply_async().id) for canvas in canvases
     )  # ordered: oldest first
+    total = len(pending)
     done, last_progress = 0, time.monotonic()
     while pending:
         keys = list(itertools.islice(pending, POLL_WINDOW))
@@ -96,7 +123,7 @@ def _burst(
         if time.monotonic() - last_progress > STALL_TIMEOUT_S:
             raise TimeoutError(
                 f"naive baseline: no workflow finished in {STALL_TIMEOUT_S:g}s; "
-                f"{len(pending)} of {len(orders)} still unfinished"
+                f"{len(pending)} of {total} still unfinished"
             )
         check()
         time.sleep(POLL_INTERVAL_S)
