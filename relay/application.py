@@ -10,9 +10,11 @@ outcome with :meth:`relay.ledger.Ledger.finalize` (see :mod:`relay.worker`).
 
 from __future__ import annotations
 
+import contextvars
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from celery.canvas import Signature
 
@@ -86,4 +88,30 @@ class Application(Protocol[ItemT]):
     def scope(self, key: str) -> AbstractContextManager[None]:
         """Entered around everything done for one input: e.g. names the key in the
         trace context, so spans, Celery sends and log lines carry it."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Run(Generic[ItemT]):
+    """One run of one input's workflow, as a batch carries it (:mod:`relay.batching`)."""
+
+    key: str
+    item: ItemT
+    epoch: int
+    run: int
+    # The input's own context (its trace, its scope): the batch is built outside it,
+    # so per-input fields such as a ``traceparent`` are taken with ``context.run``.
+    context: contextvars.Context
+
+
+@runtime_checkable
+class BatchingApplication(Application[ItemT], Protocol):
+    """An application whose new workflows may go to Celery several at once."""
+
+    def workflow_batch(self, runs: Sequence[Run[ItemT]]) -> Signature:
+        """One canvas for every run of ``runs`` (two or more, each a first run of a new
+        input); each input's outcome is still recorded on its own. Task ids should
+        derive from the runs' keys, epochs and runs, so that a repeated batch is
+        recognisable; a re-send never comes here (it goes alone, by :meth:`workflow`),
+        so one input that breaks its batch is isolated on its next run."""
         ...

@@ -59,6 +59,11 @@ class Limits:
     redis_wait_timeout_ms: int = 1000
     redis_wait_aof: bool = False
     # JetStream stream settings used when the relay creates its streams.
+    # New workflows sent to Celery together, for an application that batches
+    # (relay.batching): at most this many, waiting at most the linger for company.
+    # 1 sends each alone.
+    workflow_batch_max: int = 1
+    workflow_batch_linger_s: float = 0.001
     max_age_s: float = 7 * 24 * 3600.0
     duplicate_window_s: float = 120.0
     stream_replicas: int = 1

@@ -66,6 +66,12 @@ class RelayMetrics:
             "1 while connected to NATS and Redis and consuming, else 0",
             registry=r,
         )
+        self.workflow_batch_size = Histogram(
+            f"{prefix}_workflow_batch_size",
+            "New workflows sent to Celery in one canvas (1: alone)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
         self.latency = Histogram(
             f"{prefix}_processing_seconds",
             "From fetch to ack of one message",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from dataclasses import dataclass
@@ -28,7 +29,8 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from relay import backoff
-from relay.application import Application, ItemT, Poison
+from relay.application import Application, ItemT, Poison, Run
+from relay.batching import Batcher
 from relay.completions import CompletionWatcher
 from relay.config import Limits, Names
 from relay.dispatch import Dispatcher
@@ -83,6 +85,8 @@ class Deps(Generic[ItemT]):
     watcher: CompletionWatcher
     dispatcher: Dispatcher
     metrics: RelayMetrics
+    # New workflows go through it when the application batches (else None).
+    batcher: Batcher[ItemT] | None = None
 
 
 class Processor(Generic[ItemT]):
@@ -204,7 +208,11 @@ class Processor(Generic[ItemT]):
     async def _send(self, key: str, item: ItemT, epoch: int, run: int, cause: str) -> None:
         d = self._d
         try:
-            await d.dispatcher.send(self._app.workflow(item, epoch, run))
+            if d.batcher is not None and cause == "new":
+                await d.batcher.send(Run(key, item, epoch, run, contextvars.copy_context()))
+            else:
+                # Re-sends go alone: an input that broke its batch is isolated.
+                await d.dispatcher.send(self._app.workflow(item, epoch, run))
         except Exception:
             with contextlib.suppress(Exception):  # best effort; else the stall timeout
                 await d.ledger.mark_unsent(key)

@@ -15,7 +15,8 @@ import redis
 import redis.asyncio
 from nats.aio.client import Client as NATS
 
-from relay.application import Application, ItemT
+from relay.application import Application, BatchingApplication, ItemT, Run
+from relay.batching import Batcher
 from relay.completions import CompletionWatcher
 from relay.config import Limits, Names
 from relay.consumer import Consumer
@@ -67,6 +68,7 @@ class Relay(Generic[ItemT]):
                 watcher=self.watcher,
                 dispatcher=self.dispatcher,
                 metrics=self.metrics,
+                batcher=self._batcher(app, names, limits),
             )
         )
         self.consumer = Consumer(
@@ -75,6 +77,25 @@ class Relay(Generic[ItemT]):
         # As /ready: lagging replicas pause fetching but are no readiness failure.
         self.metrics.ready.set_function(lambda: float(self.ready()))
         self._js = js
+
+    def _batcher(self, app: Application[Any], names: Names, limits: Limits) -> Batcher[Any] | None:
+        """Group commit of new workflows, when the application batches and the limits
+        allow batches of two or more."""
+        if limits.workflow_batch_max < 2 or not isinstance(app, BatchingApplication):
+            return None
+
+        def single(run: Run[Any]) -> Any:
+            return app.workflow(run.item, run.epoch, run.run)
+
+        return Batcher(
+            self.dispatcher,
+            single,
+            app.workflow_batch,
+            max_size=limits.workflow_batch_max,
+            linger_s=limits.workflow_batch_linger_s,
+            span_prefix=names.span_prefix,
+            on_sent=self.metrics.workflow_batch_size.observe,
+        )
 
     def _can_finish(self) -> bool:
         # Not while Redis is unreachable or its replicas lag: every input fetched

@@ -11,12 +11,13 @@ application's (:attr:`relay.config.Names.span_prefix`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextvars
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from nats.aio.msg import Msg
 from opentelemetry import context, propagate, trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
 _tracer = trace.get_tracer("relay")
 
@@ -68,6 +69,23 @@ def publish_span(subject: str, headers: dict[str, str], *, inject: bool = True) 
     ) as span:
         if inject:
             propagate.inject(headers)
+        yield span
+
+
+@contextmanager
+def batch_span(prefix: str, members: Sequence[contextvars.Context]) -> Iterator[Span]:
+    """The span of one batch send, a root of its own linked to each member's current
+    span (the messaging conventions' batch shape: a batch has many parents); the
+    Celery publish under it is its child."""
+    links = []
+    for member in members:
+        span_context = member.run(trace.get_current_span).get_span_context()
+        if span_context.is_valid:
+            links.append(Link(span_context))
+    attributes = {"messaging.batch.message_count": len(members)}
+    with _tracer.start_as_current_span(
+        f"{prefix} send batch", kind=SpanKind.PRODUCER, links=links, attributes=attributes
+    ) as span:
         yield span
 
 

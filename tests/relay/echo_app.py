@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -17,13 +18,14 @@ import redis
 from celery import Celery
 from celery.canvas import Signature
 
-from relay.application import Decided, OutcomeMessage, Poison
+from relay.application import Decided, OutcomeMessage, Poison, Run
 from relay.config import Names
 from relay.keys import LedgerKeys
 from relay.ledger import Ledger
 from relay.worker import LedgerTask
 
 TASK_SHOUT = "echo.shout"
+TASK_SHOUT_BATCH = "echo.shout_batch"
 
 
 def echo_names(prefix: str) -> Names:
@@ -100,6 +102,14 @@ class EchoApplication:
             task_id=f"{item['id']}:{epoch}:{run}"
         )
 
+    def workflow_batch(self, runs: Sequence[Run[dict[str, str]]]) -> Signature:
+        """One task shouts every input of the batch (each recorded on its own)."""
+        jobs = [{"key": r.key, "epoch": r.epoch, "text": r.item["text"]} for r in runs]
+        first = runs[0]
+        return self._celery.signature(
+            TASK_SHOUT_BATCH, kwargs={"keys": [r.key for r in runs], "jobs": jobs}
+        ).set(task_id=f"batch:{first.key}:{first.epoch}:{first.run}:{len(runs)}")
+
     def compensation(self, item: dict[str, str], epoch: int) -> Signature | None:
         return None  # shouting has no effect to undo
 
@@ -131,3 +141,10 @@ class EchoTask(LedgerTask):
 def shout(self: EchoTask, *, key: str, epoch: int, text: str) -> None:
     outcome: dict[str, Any] = {"id": key, "shouted": text.upper()}
     self.ledger().finalize(key, epoch, json.dumps(outcome))
+
+
+@celery.task(name=TASK_SHOUT_BATCH, base=EchoTask, bind=True)
+def shout_batch(self: EchoTask, *, keys: list[str], jobs: list[dict[str, Any]]) -> None:
+    for job in jobs:
+        outcome: dict[str, Any] = {"id": job["key"], "shouted": job["text"].upper()}
+        self.ledger().finalize(job["key"], job["epoch"], json.dumps(outcome))

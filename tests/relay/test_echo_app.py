@@ -136,3 +136,47 @@ def test_a_second_application_runs_on_the_relay_unchanged(
 def test_the_echo_names_are_its_own(prefix: str) -> None:
     names: Names = echo_names(prefix)
     assert not any(s.startswith(("ORDER", "DLQ.")) for s in (*names.subjects, *names.dlq_subjects))
+
+
+def test_new_inputs_go_to_celery_together_and_each_ends_on_its_own(
+    nats_url: str, redis_url: str, prefix: str, echo_worker: subprocess.Popen[bytes]
+) -> None:
+    """Group commit: inputs fetched together are sent as one canvas (``workflow_batch``);
+    each still gets its own outcome, once. The linger is long here so that the test
+    does not depend on how fast this machine answers the ledger's ``begin``."""
+    names = echo_names(prefix)
+    limits = Limits(ack_wait_s=10, workflow_batch_max=16, workflow_batch_linger_s=0.2)
+    texts = {f"job-{n}": f"hello {n}" for n in range(10)}
+
+    async def scenario() -> tuple[list[dict[str, str]], float | None, float | None]:
+        nc = await nats.connect(nats_url)
+        client = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
+        js = nc.jetstream()
+        await ensure_topology(js, names, limits)
+        for key, text in texts.items():  # all stored before the relay's first fetch
+            body = json.dumps({"id": key, "text": text}).encode()
+            await js.publish(names.input_subject, body, headers={"Nats-Msg-Id": key})
+        relay = Relay(EchoApplication(celery_app(redis_url), names), names, limits, nc, client)
+        running = asyncio.create_task(relay.run())
+        try:
+            outcomes = await read_all(js, names.stream, done_subject(names), len(texts))
+            while (await js.consumer_info(names.stream, names.consumer)).num_ack_pending:
+                await asyncio.sleep(0.1)
+        finally:
+            relay.stop()
+            await running
+            await nc.drain()
+            await client.aclose()
+        registry = relay.metrics.registry
+        batches = registry.get_sample_value("echo_workflow_batch_size_count")
+        members = registry.get_sample_value("echo_workflow_batch_size_sum")
+        return [json.loads(m.data) for m in outcomes], batches, members
+
+    outcomes, batches, members = asyncio.run(asyncio.wait_for(scenario(), 60))
+
+    assert sorted(outcomes, key=str) == sorted(
+        [{"id": key, "shouted": text.upper()} for key, text in texts.items()], key=str
+    )
+    assert members == len(texts)
+    assert batches is not None and batches < len(texts), batches
+    assert echo_worker.poll() is None

@@ -32,8 +32,7 @@ import redis
 import redis.asyncio
 from celery.canvas import Signature
 from opentelemetry import propagate, trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -47,7 +46,6 @@ from orders.celery_app import create_app
 from orders.domain.model import FailureReason, Outcome, OutcomeKind, RawItem, RawOrder
 from orders.settings import load_settings
 from orders.telemetry import ORDER_ID as ORDER_ID_ATTRIBUTE
-from orders.telemetry import OrderIdSpanProcessor
 from relay.consumer import Consumer
 from relay.keys import LedgerKeys
 from relay.ledger import DEAD_LETTERED, AsyncLedger, Begin, Entry, Ledger
@@ -912,29 +910,6 @@ def test_a_later_message_with_other_content_follows_the_order_as_first_stored() 
 
 
 # --- tracing -----------------------------------------------------------------------
-
-SPANS = InMemorySpanExporter()
-
-
-@pytest.fixture
-def spans() -> InMemorySpanExporter:
-    """This process's tracer provider also records into :data:`SPANS`. OpenTelemetry
-    allows one global provider per process, and another test may have installed it
-    already (the CLI's ``orders publish`` does, run in-process): add to that one."""
-    global _recording
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        provider.add_span_processor(OrderIdSpanProcessor())
-        trace.set_tracer_provider(provider)
-    if not _recording:
-        provider.add_span_processor(SimpleSpanProcessor(SPANS))
-        _recording = True
-    SPANS.clear()
-    return SPANS
-
-
-_recording = False
 
 
 def produced(data: bytes) -> tuple[dict[str, str], int]:

@@ -1,0 +1,152 @@
+"""Group commit of workflow sends (:mod:`relay.batching`), on a real event loop with a
+dispatcher that records what it was given instead of talking to Celery."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Sequence
+from typing import Any, cast
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from relay.application import Run
+from relay.batching import Batcher
+
+pytestmark = pytest.mark.unit
+
+ORDER = contextvars.ContextVar("ORDER", default="")
+
+
+class RecordingDispatcher:
+    def __init__(self, fails: bool = False) -> None:
+        self.sent: list[tuple[Any, str, float]] = []  # canvas, ORDER seen, loop time
+        self.fails = fails
+
+    async def send(self, canvas: Any) -> None:
+        self.sent.append((canvas, ORDER.get(), asyncio.get_running_loop().time()))
+        if self.fails:
+            raise ConnectionError("broker gone")
+
+
+def single(run: Run[str]) -> Any:
+    return ("single", run.key, ORDER.get())
+
+
+def batch(runs: Sequence[Run[str]]) -> Any:
+    return ("batch", [run.key for run in runs])
+
+
+def batcher(dispatcher: RecordingDispatcher, max_size: int, linger_s: float) -> Batcher[str]:
+    sizes.clear()
+    return Batcher(
+        cast(Any, dispatcher),
+        single,
+        batch,
+        max_size=max_size,
+        linger_s=linger_s,
+        span_prefix="test",
+        on_sent=sizes.append,
+    )
+
+
+sizes: list[int] = []
+
+
+async def send_as(b: Batcher[str], key: str) -> None:
+    """A handler: its own context, with its key in it, as the processor's scope does."""
+    ORDER.set(key)
+    await b.send(Run(key, key, 1, 1, contextvars.copy_context()))
+
+
+async def handlers(b: Batcher[str], keys: list[str]) -> list[BaseException | None]:
+    tasks = [asyncio.create_task(send_as(b, key)) for key in keys]
+    return await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def test_the_sends_of_one_moment_go_as_one_canvas() -> None:
+    dispatcher = RecordingDispatcher()
+    results = asyncio.run(handlers(batcher(dispatcher, 8, 0.05), ["a", "b", "c", "d", "e"]))
+    assert results == [None] * 5
+    assert [canvas for canvas, _, _ in dispatcher.sent] == [("batch", ["a", "b", "c", "d", "e"])]
+    # The batch is nobody's child: sent outside every member's context.
+    assert [seen for _, seen, _ in dispatcher.sent] == [""]
+    assert sizes == [5]
+
+
+def test_a_full_batch_goes_at_once_and_the_rest_after_the_linger() -> None:
+    dispatcher = RecordingDispatcher()
+
+    async def scenario() -> float:
+        started = asyncio.get_running_loop().time()
+        await handlers(batcher(dispatcher, 3, 0.2), list("abcdefg"))
+        return started
+
+    started = asyncio.run(scenario())
+    assert [canvas for canvas, _, _ in dispatcher.sent] == [
+        ("batch", ["a", "b", "c"]),
+        ("batch", ["d", "e", "f"]),
+        ("single", "g", "g"),
+    ]
+    at = [when - started for _, _, when in dispatcher.sent]
+    assert at[0] < 0.1 and at[1] < 0.1, at  # full: not held for the linger
+    assert at[2] >= 0.19, at  # alone: it waited for company first
+    assert sizes == [3, 3, 1]
+
+
+def test_a_lone_send_goes_alone_in_its_own_context() -> None:
+    dispatcher = RecordingDispatcher()
+    asyncio.run(handlers(batcher(dispatcher, 8, 0.001), ["a"]))
+    # Built and sent in the member's context, as an unbatched send is (its trace).
+    assert [(canvas, seen) for canvas, seen, _ in dispatcher.sent] == [(("single", "a", "a"), "a")]
+
+
+def test_a_failed_send_fails_every_member_of_its_batch() -> None:
+    dispatcher = RecordingDispatcher(fails=True)
+    results = asyncio.run(handlers(batcher(dispatcher, 8, 0.01), ["a", "b", "c"]))
+    assert [type(r) for r in results] == [ConnectionError] * 3
+    assert sizes == []  # nothing was sent
+
+
+def test_a_member_cancelled_while_waiting_does_not_break_its_batch() -> None:
+    dispatcher = RecordingDispatcher()
+
+    async def scenario() -> list[BaseException | None]:
+        b = batcher(dispatcher, 8, 0.05)
+        tasks = [asyncio.create_task(send_as(b, key)) for key in ("a", "b", "c")]
+        await asyncio.sleep(0.01)
+        tasks[1].cancel()  # shutdown: this handler's message goes back to NATS
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(scenario())
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], asyncio.CancelledError)
+    # Still sent with the rest: the redelivery finds its run started and attaches.
+    assert [canvas for canvas, _, _ in dispatcher.sent] == [("batch", ["a", "b", "c"])]
+
+
+def test_a_batch_needs_two_members() -> None:
+    with pytest.raises(ValueError, match="two inputs or more"):
+        batcher(RecordingDispatcher(), 1, 0.001)
+
+
+def test_the_batch_span_links_each_members_span(spans: InMemorySpanExporter) -> None:
+    tracer = trace.get_tracer("test")
+    dispatcher = RecordingDispatcher()
+
+    async def member(b: Batcher[str], key: str) -> int:
+        with tracer.start_as_current_span(f"process {key}") as span:
+            await send_as(b, key)
+            return span.get_span_context().span_id
+
+    async def scenario() -> list[int]:
+        b = batcher(dispatcher, 8, 0.01)
+        return list(await asyncio.gather(*(member(b, key) for key in ("a", "b", "c"))))
+
+    member_ids = asyncio.run(scenario())
+    [sent] = [s for s in spans.get_finished_spans() if s.name == "test send batch"]
+    assert sent.parent is None  # a root of its own
+    assert sorted(link.context.span_id for link in sent.links) == sorted(member_ids)
+    assert sent.attributes is not None and sent.attributes["messaging.batch.message_count"] == 3
