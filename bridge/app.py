@@ -7,12 +7,14 @@ relay (:mod:`relay.processor`) does the rest.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 
 from celery import Celery
 from celery.canvas import Signature
 from nats.js import JetStreamContext
+from opentelemetry import propagate
 
 from bridge import codec
 from bridge.settings import BridgeSettings, Topology
@@ -23,9 +25,9 @@ from orders.adapters.order_state import outcome_record
 from orders.domain.model import FailureReason, Invalid, Order, Outcome, OutcomeKind, RawOrder
 from orders.domain.settlement import failed_outcome
 from orders.domain.validation import Limits, unusable_order_id, validate_order
-from orders.workflow import compensation, order_workflow
+from orders.workflow import BatchMember, batch_workflow, compensation, order_workflow
 from relay import config
-from relay.application import Decided, OutcomeMessage
+from relay.application import Decided, OutcomeMessage, Run
 from relay.topology import ensure_topology
 
 NAMES = config.Names(
@@ -73,6 +75,8 @@ def relay_limits(settings: BridgeSettings) -> config.Limits:
         redis_wait_replicas=settings.redis_wait_replicas,
         redis_wait_timeout_ms=settings.redis_wait_timeout_ms,
         redis_wait_aof=settings.redis_wait_aof,
+        workflow_batch_max=settings.workflow_batch_max,
+        workflow_batch_linger_s=settings.workflow_batch_linger_ms / 1000,
     )
 
 
@@ -121,6 +125,9 @@ class OrderApplication:
             raise TypeError(f"order {item.raw.order_id} is invalid: {item.verdict.detail}")
         return order_workflow(self._celery, item.verdict, epoch, run)
 
+    def workflow_batch(self, runs: Sequence[Run[DecodedOrder]]) -> Signature:
+        return batch_workflow(self._celery, [_member(run) for run in runs])
+
     def compensation(self, item: DecodedOrder, epoch: int) -> Signature | None:
         if not isinstance(item.verdict, Order):
             return None  # never sent a workflow: nothing to undo
@@ -142,6 +149,23 @@ class OrderApplication:
 
     def _decoded(self, raw: RawOrder) -> DecodedOrder:
         return DecodedOrder(raw, validate_order(raw, self._limits))
+
+
+def _member(run: Run[DecodedOrder]) -> BatchMember:
+    """One order of a batch; its trace taken in its own context (the batch is sent
+    outside every order's)."""
+    order = run.item.verdict
+    if not isinstance(order, Order):  # immediate_outcome answered it
+        raise TypeError(f"order {run.key} is invalid: {order.detail}")
+    trace: dict[str, str] = {}
+    run.context.run(propagate.inject, trace)
+    return BatchMember(
+        order_id=run.key,
+        epoch=run.epoch,
+        run=run.run,
+        order=order.model_dump(mode="json"),
+        trace=trace,
+    )
 
 
 async def ensure_order_topology(js: JetStreamContext, settings: Topology) -> None:

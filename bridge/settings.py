@@ -139,6 +139,10 @@ class BridgeSettings(NatsConnection, CeleryOptions, Topology, MessageLimits):
     # nak'd: each nak would spend one of the order's deliveries.
     publish_retry_window: PositiveSeconds = timedelta(seconds=60)
     nak_delay_max: PositiveSeconds = timedelta(seconds=30)
+    # Group commit: new workflows of one moment (one fetch) sent to Celery as one
+    # canvas, at most this many; waiting at most the linger for company. 1: alone.
+    workflow_batch_max: int = Field(32, ge=1, le=1000)
+    workflow_batch_linger_ms: float = Field(1.0, ge=0, le=100)
     # Before an outcome event is published, the Redis replicas acknowledge every
     # write it rests on (WAIT), so a failover to one of them cannot lose it.
     redis_wait_replicas: ReplicaCount = "auto"

@@ -59,6 +59,10 @@ TASK_RESERVE: Final = "inventory.reserve_stock"
 TASK_RELEASE: Final = "inventory.release_stock"
 TASK_CHARGE: Final = "payments.charge_payment"
 TASK_REFUND: Final = "payments.refund_payment"
+# The same steps for a batch of orders (group commit: docs/design/batching.md).
+TASK_RESERVE_BATCH: Final = "inventory.reserve_batch"
+TASK_CHARGE_BATCH: Final = "payments.charge_batch"
+TASK_SETTLE_BATCH: Final = "orders.settle_batch"
 
 ALL_TASKS: Final = (
     TASK_SETTLE,
@@ -67,9 +71,20 @@ ALL_TASKS: Final = (
     TASK_RELEASE,
     TASK_CHARGE,
     TASK_REFUND,
+    TASK_RESERVE_BATCH,
+    TASK_CHARGE_BATCH,
+    TASK_SETTLE_BATCH,
 )
 # Steps whose retries are capped (``TASK_MAX_RETRIES``); compensations never give up.
-CAPPED_RETRY_TASKS: Final = (TASK_SETTLE, TASK_FINALIZE, TASK_RESERVE, TASK_CHARGE)
+CAPPED_RETRY_TASKS: Final = (
+    TASK_SETTLE,
+    TASK_FINALIZE,
+    TASK_RESERVE,
+    TASK_CHARGE,
+    TASK_RESERVE_BATCH,
+    TASK_CHARGE_BATCH,
+    TASK_SETTLE_BATCH,
+)
 
 TASK_ROUTES: Final = {
     "orders.*": {"queue": QUEUE_ORDERS},

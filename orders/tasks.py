@@ -7,19 +7,29 @@ the shared base class reports progress and failures for the order.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis
-from celery import chain, shared_task
+from celery import Celery, chain, shared_task
+from celery.utils.time import get_exponential_backoff_interval
 from celery.worker.request import Request
+from opentelemetry import context, propagate, trace
 
 from orders import bootstrap, names, services
 from orders.domain.errors import TransientError
-from orders.domain.model import Order, Outcome, StepResult
+from orders.domain.model import Order, Outcome, Settlement, StepResult
 from orders.logs import remember_task
+from orders.services import Pipeline
+from orders.telemetry import ORDER_ID
+from orders.workflow import BatchMember, order_workflow
 from relay.ledger import Ledger
 from relay.worker import LedgerTask
+
+log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("orders")
 
 # Faults worth retrying: the gateway did not answer, Redis was unreachable.
 TRANSIENT = (TransientError, redis.ConnectionError, redis.TimeoutError)
@@ -86,18 +96,25 @@ def settle_order(
     placed = Order.model_validate(order)
     reservation, payment = (StepResult.model_validate(r) for r in results)
     settlement = services.settle_step(p, placed, epoch, reservation, payment)
+    _compensate(self.app, str(self.request.id), placed, epoch, settlement)
+
+
+def _compensate(
+    app: Celery, task_id: str, order: Order, epoch: int, settlement: Settlement
+) -> None:
+    """Release and refund what the settlement says, then finalize, as one chain."""
     if not (settlement.release_stock or settlement.refund_payment):
         return
     steps = []
-    kw = {"order_id": order_id, "epoch": epoch}
+    kw = {"order_id": order.order_id, "epoch": epoch}
     if settlement.release_stock:
         steps.append(
-            self.app.signature(names.TASK_RELEASE, kwargs={**kw, "quantities": placed.quantities()})
+            app.signature(names.TASK_RELEASE, kwargs={**kw, "quantities": order.quantities()})
         )
     if settlement.refund_payment:
-        steps.append(self.app.signature(names.TASK_REFUND, kwargs=kw))
+        steps.append(app.signature(names.TASK_REFUND, kwargs=kw))
     steps.append(
-        self.app.signature(
+        app.signature(
             names.TASK_FINALIZE,
             kwargs={**kw, "outcome": settlement.outcome.model_dump(mode="json")},
         )
@@ -105,7 +122,7 @@ def settle_order(
     # Fire and forget (a task never waits on another); the ids are deterministic
     # so a settle that runs twice sends the same compensation, which is idempotent.
     chain(
-        *(s.set(task_id=f"{self.request.id}:{i}", immutable=True) for i, s in enumerate(steps))
+        *(s.set(task_id=f"{task_id}:{i}", immutable=True) for i, s in enumerate(steps))
     ).apply_async()
 
 
@@ -129,3 +146,101 @@ def refund_payment(*, order_id: str, epoch: int) -> None:
 @_task(names.TASK_FINALIZE)
 def finalize_order(*, order_id: str, epoch: int, outcome: dict[str, Any]) -> None:
     services.finalize_step(bootstrap.pipeline(), epoch, Outcome.model_validate(outcome))
+
+
+# --- batches: the same steps for several orders in one task (docs/design/batching.md) --
+
+# What a header step returns for an order it handed to a workflow of its own.
+SPLIT: dict[str, Any] = {"split": True}
+
+
+class BatchStepTask(StepTask):
+    """A header step over a batch: the step runs per order, each in its own span of
+    its own trace. A business failure is that order's result; a transient fault
+    hands that order alone to a single-order workflow, retried with backoff, and the
+    batch goes on without it."""
+
+    def each(
+        self, members: list[BatchMember], step: Callable[[Pipeline, Order, int], StepResult]
+    ) -> list[dict[str, Any]]:
+        p = bootstrap.pipeline()
+        results = []
+        for member in members:
+            with member_scope(member, self.name):
+                try:
+                    order = Order.model_validate(member["order"])
+                    results.append(step(p, order, member["epoch"]).model_dump(mode="json"))
+                except TRANSIENT as exc:
+                    self.split(p, member, exc)
+                    results.append(SPLIT)
+        return results
+
+    def split(self, p: Pipeline, member: BatchMember, exc: BaseException) -> None:
+        order_id, epoch, run = member["order_id"], member["epoch"], member["run"]
+        if not p.state.claim_split(order_id, epoch, run):
+            return  # the batch's other step split it already
+        countdown = get_exponential_backoff_interval(
+            factor=self.retry_backoff, retries=0, maximum=self.retry_backoff_max, full_jitter=True
+        )
+        log.warning("%s: %s; the order goes on alone in %ss", self.name, exc, countdown)
+        order = Order.model_validate(member["order"])
+        order_workflow(self.app, order, epoch, run, countdown=countdown).apply_async()
+
+
+@contextmanager
+def member_scope(member: BatchMember, step: str) -> Iterator[None]:
+    """One order's part of a batch task: a span that is a child of the order's own
+    trace (its baggage names the order in logs and in every span under it), linked
+    from the batch task's span."""
+    batch_span = trace.get_current_span()
+    token = context.attach(propagate.extract(member["trace"]))
+    try:
+        with _tracer.start_as_current_span(
+            f"{step} {member['order_id']}", attributes={ORDER_ID: member["order_id"]}
+        ) as span:
+            batch_span.add_link(span.get_span_context())
+            yield
+    finally:
+        context.detach(token)
+
+
+@shared_task(name=names.TASK_RESERVE_BATCH, base=BatchStepTask, bind=True)
+def reserve_batch(
+    self: BatchStepTask, *, order_ids: list[str], members: list[BatchMember]
+) -> list[dict[str, Any]]:
+    return self.each(members, services.reserve_step)
+
+
+@shared_task(name=names.TASK_CHARGE_BATCH, base=BatchStepTask, bind=True)
+def charge_batch(
+    self: BatchStepTask, *, order_ids: list[str], members: list[BatchMember]
+) -> list[dict[str, Any]]:
+    return self.each(members, services.charge_step)
+
+
+@shared_task(name=names.TASK_SETTLE_BATCH, base=StepTask, bind=True)
+def settle_batch(
+    self: StepTask,
+    results: list[list[dict[str, Any]]],
+    *,
+    order_ids: list[str],
+    members: list[BatchMember],
+) -> None:
+    """The batch's chord callback: each order settled (and compensated) on its own;
+    orders split out of the batch are settled by their own workflow instead."""
+    p = bootstrap.pipeline()
+    reservations, payments = results
+    for member, reservation, payment in zip(members, reservations, payments, strict=True):
+        if reservation.get("split") or payment.get("split"):
+            continue
+        with member_scope(member, self.name):
+            order = Order.model_validate(member["order"])
+            epoch = member["epoch"]
+            settlement = services.settle_step(
+                p,
+                order,
+                epoch,
+                StepResult.model_validate(reservation),
+                StepResult.model_validate(payment),
+            )
+            _compensate(self.app, f"{self.request.id}:{order.order_id}", order, epoch, settlement)

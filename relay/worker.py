@@ -1,7 +1,8 @@
 """The workers' side of the relay: a Celery task base that keeps the ledger told.
 
 Every task of a relay workflow takes the input's key and the epoch as keyword
-arguments (``key_kwarg``, ``epoch``). Before it runs, its start is counted: a
+arguments (``key_kwarg``, ``epoch``), or, for a batch of inputs, a list of
+members that each carry them (``members_kwarg``). Before it runs, its start is counted: a
 task that keeps killing its worker process (Redis has no "redelivered" flag,
 celery#9082) refuses to run after ``max_worker_losses()`` lost attempts. When it
 fails for good, the failure is recorded so that the waiting bridge learns it
@@ -29,6 +30,7 @@ class LedgerTask(Task[Any, Any]):
     """Base of a relay workflow's tasks; subclasses say where the ledger is."""
 
     key_kwarg = "key"
+    members_kwarg = "members"
     acks_late = True
 
     def ledger(self) -> Ledger:
@@ -39,12 +41,28 @@ class LedgerTask(Task[Any, Any]):
         """Starts that may end with the worker process dying before the task refuses."""
         return 3
 
-    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+    def inputs(self, kwargs: Any) -> list[tuple[str, int]]:
+        """The (key, epoch) of each input this task works for."""
         key, epoch = kwargs.get(self.key_kwarg), kwargs.get("epoch")
-        if key is None or epoch is None:
+        if key is not None and epoch is not None:
+            return [(key, epoch)]
+        members = kwargs.get(self.members_kwarg) or ()
+        return [(m[self.key_kwarg], m["epoch"]) for m in members]
+
+    def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
+        inputs = self.inputs(kwargs)
+        if not inputs:
             return
+        # Counted on every input's entry (a start is each one's sign of progress, so
+        # the bridge does not take a batch at work for a stalled one), under a count of
+        # its own per input: every input of a batch counts the same starts.
+        ids = [task_id] if len(inputs) == 1 else [f"{task_id}:{key}" for key, _ in inputs]
         try:
-            starts = self.ledger().start_task(key, epoch, task_id)
+            ledger = self.ledger()
+            starts = max(
+                ledger.start_task(key, epoch, counted)
+                for (key, epoch), counted in zip(inputs, ids, strict=True)
+            )
         except redis.RedisError:
             return  # cannot count now; the task's own Redis calls will retry it
         lost = starts - 1 - (self.request.retries or 0)
@@ -60,11 +78,9 @@ class LedgerTask(Task[Any, Any]):
         # Retries are exhausted (or the fault was not transient): tell the bridge
         # now rather than let it wait for the stall timeout. It naks the message,
         # and the next delivery sends the workflow again.
-        key, epoch = kwargs.get(self.key_kwarg), kwargs.get("epoch")
-        if key is None or epoch is None:
-            return
         detail = f"{self.name} failed: {type(exc).__name__}: {exc}"
-        try:
-            self.ledger().record_error(key, epoch, detail[:500])
-        except redis.RedisError:
-            log.warning("could not record the failure of %s: Redis unavailable", key)
+        for key, epoch in self.inputs(kwargs):
+            try:
+                self.ledger().record_error(key, epoch, detail[:500])
+            except redis.RedisError:
+                log.warning("could not record the failure of %s: Redis unavailable", key)

@@ -262,6 +262,9 @@ class Pipeline:
     def status(self, order_id: str) -> OrderView | None:
         return self._state.view(order_id)
 
+    def redis_key_exists(self, key: str) -> bool:
+        return bool(self._redis.exists(key))
+
     def set_stock(self, sku: str, quantity: int) -> None:
         self.inventory.set_stock(sku, quantity)
 

@@ -28,6 +28,10 @@ return 0
 """
 
 
+# A split mark outlives any re-send of the run it marks (the stall timeout is minutes).
+SPLIT_TTL_S = 24 * 3600
+
+
 def outcome_record(outcome: Outcome) -> tuple[str, dict[str, str]]:
     """The outcome as the ledger stores it: its text, and the fields set beside it
     (what ``orders status`` shows)."""
@@ -91,6 +95,7 @@ class OrderState:
     def __init__(self, client: redis.Redis) -> None:
         """``client`` must be created with ``decode_responses=True``."""
         self.ledger = Ledger(client, keys.LEDGER)
+        self._client = client
         self._count_payment = client.register_script(_COUNT_PAYMENT)
 
     def start_task(self, order_id: str, epoch: int, task_id: str) -> int:
@@ -114,6 +119,13 @@ class OrderState:
         self._count_payment(
             keys=[keys.order(order_id), keys.ledger(order_id)],
             args=["refunds", f"refund:{payment_id}"],
+        )
+
+    def claim_split(self, order_id: str, epoch: int, run: int) -> bool:
+        """``True`` for the first batch step that hands the order's run to a workflow
+        of its own (both header steps may fail for it: it must go on once)."""
+        return bool(
+            self._client.set(keys.split(order_id, epoch, run), "1", nx=True, ex=SPLIT_TTL_S)
         )
 
     def view(self, order_id: str) -> OrderView | None:

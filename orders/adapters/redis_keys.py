@@ -33,5 +33,10 @@ def gateway_charge(idempotency_key: str) -> str:
     return f"{PREFIX}gateway:{idempotency_key}"
 
 
+def split(order_id: str, epoch: int, run: int) -> str:
+    """Set once an order of a batch went on as a workflow of its own (batch steps)."""
+    return f"{PREFIX}split:{order_id}:{epoch}:{run}"
+
+
 def task_starts(task_id: str) -> str:
     return LEDGER.task_starts(task_id)
