@@ -43,6 +43,7 @@ def document(
         "ratio_vs_naive": ratio,
         "redis_commands_per_order": commands_per_order,
         "redis_commands_by_command": redis_commands.get("by_command_per_order"),
+        "batch_size": results.get("pipeline", {}).get("batch_size"),
         "jetstream_msgs_per_s": results.get("jetstream", {}).get("msgs_per_s"),
         "latency_ms": _latency_figures(latency),
         "latency_light_ms": _latency_figures(results.get("latency_light")),
@@ -106,6 +107,10 @@ def table(doc: dict[str, Any]) -> Table:
         "",
         _verdict(targets["redis_commands_per_order"], "≤"),
     )
+    sizes = doc["batch_size"]
+    if sizes and sizes["batches"]:
+        shown = f"mean {sizes['mean']}, p50 ≤ {sizes['p50_at_most']}, max ≤ {sizes['max_at_most']}"
+        out.add_row("batch size at saturation (orders per canvas)", shown, "")
     for name, latency, target in (
         ("latency", doc["latency_ms"], targets["p99_over_p50"]),
         ("light latency", doc["latency_light_ms"], None),

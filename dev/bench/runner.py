@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from nats.js import JetStreamContext
 
 from bridge.settings import BridgeSettings
-from dev.bench import commandstats, load, profile
+from dev.bench import batches, commandstats, load, profile
 from dev.bench.phases import jetstream, naive_chord, pipeline, replica, resources
 from dev.bench.stack import BENCH_ENV, BenchStack
 
@@ -178,17 +178,19 @@ class Runner:
     async def _pipeline(self, js: JetStreamContext) -> None:
         if self._wanted("pipeline"):
             redis_url = self.stack.redis.url
-            before = commandstats.snapshot(redis_url)
+            before, sizes_before = commandstats.snapshot(redis_url), batches.snapshot(self.stack)
             result = await self._throughput(
                 js, "pipeline", f"pipeline ({self._shape(self.plan.concurrency, 1)})", profiled=True
             )
             result["redis_commands"] = commandstats.per_order(
                 before, commandstats.snapshot(redis_url), result["orders"]
             )
+            result["batch_size"] = batches.summary(sizes_before, batches.snapshot(self.stack))
             self.results["pipeline"] = result
             self.display.note(
                 f"pipeline: {result['orders_per_s']:,} orders/s, "
-                f"{result['redis_commands']['per_order']} Redis commands per order"
+                f"{result['redis_commands']['per_order']} Redis commands per order, "
+                f"batches of {result['batch_size']['mean']} orders on average"
             )
         if self._wanted("latency"):
             await self._latency(js)

@@ -85,6 +85,8 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
         assert _positive(doc["latency_ms"][key]), (key, doc["latency_ms"])
         assert _positive(doc["latency_light_ms"][key]), (key, doc["latency_light_ms"])
     # Counted by the server: the pipeline's scripts and kombu's queue commands among them.
+    sizes = doc["batch_size"]
+    assert sizes["orders"] >= doc["parameters"]["orders"] and _positive(sizes["mean"]), sizes
     by_command = doc["redis_commands_by_command"]
     assert _positive(by_command["evalsha"]) and _positive(by_command["lpush"]), by_command
     shapes = {(p["worker_concurrency"], p["bridges"]) for p in doc["scaling"]}
