@@ -18,7 +18,7 @@ from orders.celery_app import create_app
 from orders.domain.model import Order, RawItem, RawOrder
 from orders.domain.validation import validate_order
 from orders.settings import load_settings
-from orders.workflow import order_workflow
+from orders.workflow import batch_id, order_workflow
 from relay.application import Run
 
 pytestmark = pytest.mark.unit
@@ -54,7 +54,14 @@ def test_a_batch_is_one_chord_of_batch_steps_naming_every_order() -> None:
     assert [s.task for s in header] == [names.TASK_RESERVE_BATCH, names.TASK_CHARGE_BATCH]
     assert canvas.body.task == names.TASK_SETTLE_BATCH
     ids = [s.options["task_id"] for s in [*header, canvas.body]]
-    assert ids == ["batch:o-0:1:1:3:reserve", "batch:o-0:1:1:3:charge", "batch:o-0:1:1:3:settle"]
+    bid = batch_id(canvas.body.kwargs["members"])
+    assert ids == [f"{bid}:reserve", f"{bid}:charge", f"{bid}:settle"]
+    # The same runs, the same id; another run of one order, another batch.
+    again: Any = APP.workflow_batch(runs)
+    assert again.body.options["task_id"] == f"{bid}:settle"
+    other: Any = APP.workflow_batch([*runs[:2], Run("o-2", decoded("o-2"), 1, 2, traced(3))])
+    assert other.body.options["task_id"] != f"{bid}:settle"
+    assert bid.endswith(":3") and not any(f"o-{n}" in bid for n in range(3))
     kwargs = canvas.body.kwargs
     # order_ids first: Flower shows (and searches) the start of the arguments.
     assert list(kwargs) == ["order_ids", "members"]
