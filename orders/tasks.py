@@ -177,14 +177,17 @@ class BatchStepTask(StepTask):
 
     def split(self, p: Pipeline, member: BatchMember, exc: BaseException) -> None:
         order_id, epoch, run = member["order_id"], member["epoch"], member["run"]
-        if not p.state.claim_split(order_id, epoch, run):
-            return  # the batch's other step split it already
         countdown = get_exponential_backoff_interval(
             factor=self.retry_backoff, retries=0, maximum=self.retry_backoff_max, full_jitter=True
         )
         log.warning("%s: %s; the order goes on alone in %ss", self.name, exc, countdown)
         order = Order.model_validate(member["order"])
+        # Sent before it is marked, never the other way round: a worker killed in
+        # between re-runs the batch step and sends it again, which is harmless (the
+        # steps are idempotent, and both header steps may split the same order),
+        # whereas a mark without a send would leave the order to the stall timeout.
         order_workflow(self.app, order, epoch, run, countdown=countdown).apply_async()
+        p.state.mark_split(order_id, epoch, run)
 
 
 @contextmanager

@@ -45,21 +45,22 @@ class Batcher(Generic[ItemT]):
         self._linger_s = linger_s
         self._span_prefix = span_prefix
         self._on_sent = on_sent
-        self._waiting: list[tuple[Run[ItemT], asyncio.Future[None]]] = []
+        self._waiting: list[tuple[Run[ItemT], asyncio.Future[int]]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._sending: set[asyncio.Task[None]] = set()
 
-    async def send(self, run: Run[ItemT]) -> None:
-        """Return once ``run``'s canvas (alone or in its batch) is on the broker."""
+    async def send(self, run: Run[ItemT]) -> int:
+        """Return once ``run``'s canvas is on the broker: the number of inputs it
+        carried (1: sent alone)."""
         loop = asyncio.get_running_loop()
-        sent: asyncio.Future[None] = loop.create_future()
+        sent: asyncio.Future[int] = loop.create_future()
         self._waiting.append((run, sent))
         if len(self._waiting) >= self._max_size:
             self._flush()
         elif self._timer is None:
             # In a context of its own: the batch is nobody's child.
             self._timer = loop.call_later(self._linger_s, self._flush, context=_empty())
-        await sent
+        return await sent
 
     def _flush(self) -> None:
         if self._timer is not None:
@@ -72,7 +73,7 @@ class Batcher(Generic[ItemT]):
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _send(self, members: list[tuple[Run[ItemT], asyncio.Future[None]]]) -> None:
+    async def _send(self, members: list[tuple[Run[ItemT], asyncio.Future[int]]]) -> None:
         runs = [run for run, _ in members]
         try:
             if len(runs) == 1:
@@ -81,15 +82,23 @@ class Batcher(Generic[ItemT]):
             else:
                 with batch_span(self._span_prefix, [run.context for run in runs]):
                     await self._dispatcher.send(self._batch(runs))
-        except Exception as exc:
+        except BaseException as exc:
+            # A failed send fails every member; a cancelled one (the dispatcher shut
+            # down) cancels them, so no member waits for a send that never comes.
             for _, sent in members:
-                if not sent.done():  # a member cancelled meanwhile (shutdown)
+                if sent.done():  # a member cancelled meanwhile (shutdown)
+                    continue
+                if isinstance(exc, Exception):
                     sent.set_exception(exc)
+                else:
+                    sent.cancel()
+            if not isinstance(exc, Exception):
+                raise
             return
         self._on_sent(len(runs))
         for _, sent in members:
             if not sent.done():
-                sent.set_result(None)
+                sent.set_result(len(runs))
 
     def _send_single(self, run: Run[ItemT]) -> asyncio.Future[None]:
         return asyncio.ensure_future(self._dispatcher.send(self._single(run)))

@@ -190,13 +190,16 @@ class AsyncLedger:
         stall_timeout_s: float,
         *,
         poll: bool = False,
+        resend: bool = False,
         input: str = "",
         server: str = "",
         known: tuple[int, int] = (0, 0),
     ) -> Begin:
         """Decide what to do with a delivery of ``input`` (``poll=False``) or with an
         entry being waited on (``poll=True``: a failed workflow is reported, not
-        restarted; a missing entry is reported as ``LOST``, not created).
+        restarted; a missing entry is reported as ``LOST``, not created), or
+        ``resend=True``: a poll that sends a failed run again (``START``, cause
+        ``retry``) instead of reporting it; a dead-lettered entry is still ``ERRORED``.
 
         ``server`` is the identity of the Redis server as the bridge last saw it
         (see :mod:`relay.redis_watch`): a run sent through another one is sent
@@ -207,7 +210,7 @@ class AsyncLedger:
             keys=[self.keys.entry(key)],
             args=[
                 int(stall_timeout_s * 1000),
-                "poll" if poll else "deliver",
+                "resend" if resend else "poll" if poll else "deliver",
                 input,
                 server,
                 *known,

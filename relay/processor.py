@@ -173,13 +173,21 @@ class Processor(Generic[ItemT]):
         failover lost."""
         d = self._d
         event = d.watcher.expect(key)
+        batched = False
         try:
             if begin.next is Next.START:
-                await self._send(key, item, begin.epoch, begin.run, begin.cause or "new")
+                cause = begin.cause or "new"
+                batched = await self._send(key, item, begin.epoch, begin.run, cause)
             known = (begin.epoch, begin.run)
             while True:
                 await _woken_or_timeout(event, self._poll_s)
-                poll = await self._poll(key, stored, known)
+                poll = await self._poll(key, stored, known, resend=batched)
+                if batched and poll.next is not Next.ATTACH:
+                    # Its batch failed as a whole (a task that killed its worker,
+                    # retries spent): that says nothing about this input, so it is
+                    # sent alone now (START) without spending a delivery; from then
+                    # on a failure is its own.
+                    batched = False
                 if poll.next is Next.PUBLISH:
                     return Waited.OUTCOME
                 if poll.next is Next.DONE:
@@ -193,10 +201,13 @@ class Processor(Generic[ItemT]):
         finally:
             d.watcher.forget(key, event)
 
-    async def _poll(self, key: str, stored: str, known: tuple[int, int]) -> Begin:
+    async def _poll(
+        self, key: str, stored: str, known: tuple[int, int], *, resend: bool = False
+    ) -> Begin:
+        """``resend``: a failed run is sent again (``START``) rather than reported."""
         d = self._d
         poll = await d.ledger.begin(
-            key, self._stall_s, poll=True, server=d.watch.identity, known=known
+            key, self._stall_s, poll=True, resend=resend, server=d.watch.identity, known=known
         )
         if poll.next is not Next.LOST:
             return poll
@@ -205,11 +216,14 @@ class Processor(Generic[ItemT]):
         server = await d.watch.current_identity()
         return await d.ledger.begin(key, self._stall_s, input=stored, server=server, known=known)
 
-    async def _send(self, key: str, item: ItemT, epoch: int, run: int, cause: str) -> None:
+    async def _send(self, key: str, item: ItemT, epoch: int, run: int, cause: str) -> bool:
+        """Send the run's workflow; ``True`` when it went in a batch with others."""
         d = self._d
+        batched = False
         try:
             if d.batcher is not None and cause == "new":
-                await d.batcher.send(Run(key, item, epoch, run, contextvars.copy_context()))
+                run_of = Run(key, item, epoch, run, contextvars.copy_context())
+                batched = await d.batcher.send(run_of) > 1
             else:
                 # Re-sends go alone: an input that broke its batch is isolated.
                 await d.dispatcher.send(self._app.workflow(item, epoch, run))
@@ -218,6 +232,7 @@ class Processor(Generic[ItemT]):
                 await d.ledger.mark_unsent(key)
             raise
         d.metrics.workflows_sent.labels(cause).inc()
+        return batched
 
     async def _publish(self, key: str) -> None:
         """Publish the recorded outcome once the replicas hold it, then mark it."""

@@ -121,12 +121,10 @@ class OrderState:
             args=["refunds", f"refund:{payment_id}"],
         )
 
-    def claim_split(self, order_id: str, epoch: int, run: int) -> bool:
-        """``True`` for the first batch step that hands the order's run to a workflow
-        of its own (both header steps may fail for it: it must go on once)."""
-        return bool(
-            self._client.set(keys.split(order_id, epoch, run), "1", nx=True, ex=SPLIT_TTL_S)
-        )
+    def mark_split(self, order_id: str, epoch: int, run: int) -> None:
+        """The order's run went on as a workflow of its own, out of its batch (what
+        an operator, or a test, looks for)."""
+        self._client.set(keys.split(order_id, epoch, run), "1", ex=SPLIT_TTL_S)
 
     def view(self, order_id: str) -> OrderView | None:
         return order_view(self.ledger.entry(order_id))

@@ -34,7 +34,7 @@ def gateway_charge(idempotency_key: str) -> str:
 
 
 def split(order_id: str, epoch: int, run: int) -> str:
-    """Set once an order of a batch went on as a workflow of its own (batch steps)."""
+    """Set when an order of a batch went on as a workflow of its own (batch steps)."""
     return f"{PREFIX}split:{order_id}:{epoch}:{run}"
 
 

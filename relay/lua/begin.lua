@@ -12,7 +12,11 @@
 -- let a hash that a failover lost be restored without reusing a run number (task
 -- ids, and so chord counters, are per run).
 --
--- KEYS: entry   ARGV: stall ms, mode ('deliver' | 'poll'), input, server,
+-- Mode 'resend' is a poll whose failed run is sent again at once (cause 'retry')
+-- instead of reported: the bridge's way to send alone an input whose batch failed
+-- as a whole, without spending a delivery on what says nothing about the input.
+--
+-- KEYS: entry   ARGV: stall ms, mode ('deliver' | 'poll' | 'resend'), input, server,
 --                     known epoch, known run
 -- Reply: next, epoch, run, error, stored input (start and attach), cause of a
 --        start ('new', 'retry', 'stalled', 'failover')
@@ -25,7 +29,7 @@ local f = redis.call('HMGET', h, 'published', 'outcome', 'dead', 'error', 'updat
 if f[1] and f[1] ~= '' then return {'done', tonumber(f[6]) or 1, tonumber(f[7]) or 0, ''} end
 if not f[6] then
   -- Someone waiting on this entry must not create it without its content.
-  if mode == 'poll' then return {'lost', known_epoch, known_run, ''} end
+  if mode ~= 'deliver' then return {'lost', known_epoch, known_run, ''} end
   local epoch, run = math.max(known_epoch, 1), known_run + 1
   redis.call('HSET', h, 'status', 'RECEIVED', 'epoch', epoch, 'run', run, 'received_ms', now,
              'updated_ms', now, 'input', ARGV[3], 'sent_on', server)
@@ -33,10 +37,10 @@ if not f[6] then
 end
 local epoch, run = tonumber(f[6]), tonumber(f[7]) or 0
 if f[2] and f[2] ~= '' then return {'publish', epoch, run, ''} end
-if mode == 'poll' then
+if mode ~= 'deliver' then
   -- Someone is waiting on this run: report failures, never start a new epoch.
   if f[3] == '1' then return {'errored', epoch, run, 'dead-lettered meanwhile'} end
-  if f[4] and f[4] ~= '' then return {'errored', epoch, run, f[4]} end
+  if mode == 'poll' and f[4] and f[4] ~= '' then return {'errored', epoch, run, f[4]} end
 end
 if f[3] == '1' then
   -- A replay of a dead letter: a new epoch, so earlier effects cannot count for it.

@@ -46,9 +46,10 @@ from orders.celery_app import create_app
 from orders.domain.model import FailureReason, Outcome, OutcomeKind, RawItem, RawOrder
 from orders.settings import load_settings
 from orders.telemetry import ORDER_ID as ORDER_ID_ATTRIBUTE
+from relay.batching import Batcher
 from relay.consumer import Consumer
 from relay.keys import LedgerKeys
-from relay.ledger import DEAD_LETTERED, AsyncLedger, Begin, Entry, Ledger
+from relay.ledger import DEAD_LETTERED, AsyncLedger, Begin, Entry, Ledger, Next
 from relay.metrics import RelayMetrics
 from relay.processor import Deps, Processor
 from relay.redis_watch import ReplicasBehind
@@ -243,9 +244,10 @@ class FakeBarrier:
 
 @dataclass(frozen=True)
 class Sent:
-    kind: str  # "workflow" | "compensation"
+    kind: str  # "workflow" | "batch" | "compensation"
     epoch: int
     run: int = 0
+    keys: tuple[str, ...] = field(default=(), compare=False)  # the orders it carries
 
 
 class FakeDispatcher:
@@ -254,14 +256,20 @@ class FakeDispatcher:
     def __init__(self, events: list[str]) -> None:
         self.sent: list[Sent] = []
         self.on_workflow: Callable[[Sent], None] = lambda sent: None
+        self.on_batch: Callable[[Sent], None] = lambda sent: None
         self._events = events
 
     async def send(self, canvas: Signature) -> None:
         first = canvas.tasks[0]
         if first.task == names.TASK_RESERVE:
             assert canvas.body.task == names.TASK_SETTLE  # chord([reserve, charge], settle)
-            _order_id, epoch, run, _step = first.id.rsplit(":", 3)
-            sent = Sent("workflow", int(epoch), int(run))
+            order_id, epoch, run, _step = first.id.rsplit(":", 3)
+            sent = Sent("workflow", int(epoch), int(run), (order_id,))
+        elif first.task == names.TASK_RESERVE_BATCH:
+            assert canvas.body.task == names.TASK_SETTLE_BATCH
+            members = first.kwargs["members"]
+            keys = tuple(m["order_id"] for m in members)
+            sent = Sent("batch", members[0]["epoch"], members[0]["run"], keys)
         else:
             assert {t.task for t in canvas.tasks} == {names.TASK_RELEASE, names.TASK_REFUND}
             sent = Sent("compensation", first.kwargs["epoch"])
@@ -269,6 +277,8 @@ class FakeDispatcher:
         self._events.append(f"send {sent.kind}")
         if sent.kind == "workflow":
             self.on_workflow(sent)
+        elif sent.kind == "batch":
+            self.on_batch(sent)
 
     def of_kind(self, kind: str) -> list[Sent]:
         return [s for s in self.sent if s.kind == kind]
@@ -284,6 +294,7 @@ class World:
 
     events: list[str] = field(default_factory=list)
     settings: BridgeSettings = SETTINGS
+    batch_max: int = 1  # above 1: new workflows go through a batcher (group commit)
 
     def __post_init__(self) -> None:
         self.keys = LedgerKeys(f"test-{uuid.uuid4().hex[:12]}:", "order")
@@ -327,6 +338,7 @@ class World:
                     watcher=cast(Any, self.watcher),
                     dispatcher=cast(Any, self.dispatcher),
                     metrics=self.metrics,
+                    batcher=self._batcher(),
                 )
             )
             consumer = Consumer(
@@ -338,6 +350,29 @@ class World:
                 await client.aclose()
 
         return asyncio.run(main())
+
+    def _batcher(self) -> Batcher[Any] | None:
+        if self.batch_max < 2:
+            return None
+        return Batcher(
+            cast(Any, self.dispatcher),
+            lambda run: self.app.workflow(run.item, run.epoch, run.run),
+            self.app.workflow_batch,
+            max_size=self.batch_max,
+            linger_s=0.05,
+            span_prefix=NAMES.span_prefix,
+        )
+
+    def deliver_together(self, *orders: bytes) -> list[FakeMsg]:
+        """Deliveries of one fetch, handled concurrently (so that they may share a batch)."""
+        self.events.clear()
+        msgs = [FakeMsg(data, self.events) for data in orders]
+
+        async def job(consumer: Consumer, _processor: Processor[Any]) -> None:
+            await asyncio.gather(*(consumer.deliver(cast(Any, msg)) for msg in msgs))
+
+        self.run(job)
+        return msgs
 
     def begin(self, stall_timeout_s: float = 90, **kwargs: Any) -> Begin:
         """The ledger's ``begin`` for :data:`ORDER_ID`, as a bridge that then died."""
@@ -729,6 +764,60 @@ def test_an_outcome_gone_before_it_is_replicated_is_not_published() -> None:
 
 
 # --- transient failures: nak, then give up -----------------------------------------
+
+
+def test_a_batch_that_fails_as_a_whole_sends_each_order_alone_without_a_nak() -> None:
+    """A batch task that kills its worker (or spends its retries) fails every member:
+    that says nothing about any one order, so each is sent alone at once, in the same
+    delivery, and no delivery is spent; alone, each completes."""
+    w = World(batch_max=8)
+
+    def batch_lost(sent: Sent) -> None:
+        for key in sent.keys:
+            w.worker.record_error(key, sent.epoch, "inventory.reserve_batch lost its worker")
+            w.watcher.wake(key)
+
+    def completes(sent: Sent) -> None:
+        [key] = sent.keys
+        w.finish(sent.epoch, COMPLETED.model_copy(update={"order_id": key}))
+
+    w.dispatcher.on_batch = batch_lost
+    w.dispatcher.on_workflow = completes
+    msgs = w.deliver_together(order_bytes("order-a"), order_bytes("order-b"))
+
+    assert [m.disposition() for m in msgs] == ["ack", "ack"]
+    [(kind, run, keys), *alone] = [(s.kind, s.run, s.keys) for s in w.dispatcher.sent]
+    assert (kind, run, sorted(keys)) == ("batch", 1, ["order-a", "order-b"])
+    assert sorted(alone) == [("workflow", 2, ("order-a",)), ("workflow", 2, ("order-b",))]
+    assert {p.subject for p in w.js.published} == {names.SUBJECT_COMPLETED}
+    assert len(w.js.published) == 2
+    retried = w.metrics.registry.get_sample_value(
+        "orders_bridge_workflows_sent_total", {"cause": "retry"}
+    )
+    assert retried == 2
+
+
+def test_a_resend_poll_restarts_a_failed_run_but_never_a_dead_letter() -> None:
+    w = World()
+    first = w.begin(input="{}")
+    assert (first.next, first.run) == (Next.START, 1)
+    w.worker.record_error(ORDER_ID, first.epoch, "the batch failed")
+    again = w.begin(poll=True, resend=True, known=(first.epoch, 1))
+    assert (again.next, again.epoch, again.run, again.cause) == (Next.START, 1, 2, "retry")
+    assert w.abandon(first.epoch, "given up")
+    dead = w.begin(poll=True, resend=True, known=(first.epoch, 2))
+    assert (dead.next, dead.epoch) == (Next.ERRORED, first.epoch)  # not a new epoch
+    assert "dead-lettered" in dead.error
+
+
+def test_an_order_sent_alone_through_the_batcher_fails_on_its_own() -> None:
+    """A batch of one is the order's own workflow: its failure is a nak, as unbatched."""
+    w = World(batch_max=8)
+    w.workers_fail()
+    msg = w.deliver(order_bytes())
+
+    assert msg.disposition() == "nak"
+    assert w.events == ["send workflow", "nak"]
 
 
 def test_workflow_error_before_the_last_delivery_is_nakd() -> None:
