@@ -32,7 +32,7 @@ from bridge import codec
 from dev import outcomes, procs
 from dev.outcomes import DeadLetter, OutcomeEvent
 from dev.procs import bridge_command, child_env, worker_command
-from dev.servers import free_port
+from dev.servers import NatsServer, RedisServer, free_port
 from dev.stack import Child, Processes
 from orders import names
 from orders.adapters import redis_keys
@@ -288,3 +288,15 @@ def running_pipeline(
         pipeline.close()
     code = stack.stop()
     assert code == 0, f"orders-bridge exited with {code} after SIGTERM\n{stack.logs()}"
+
+
+@contextlib.contextmanager
+def pipeline_of_its_own(log_dir: Path, extra_env: dict[str, str]) -> Iterator[Pipeline]:
+    """A pipeline on servers of its own: for a test that restarts it or changes what
+    every order sees (the gateway's failure rate), away from the shared servers."""
+    with (
+        NatsServer() as nats_server,
+        RedisServer() as redis_server,
+        running_pipeline(nats_server.url, redis_server.url, log_dir, extra_env) as running,
+    ):
+        yield running

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from pipeline_stack import Pipeline, running_pipeline
+from pipeline_stack import Pipeline, pipeline_of_its_own, running_pipeline
 
 from dev.servers import NatsServer, RedisServer
 
@@ -25,16 +25,7 @@ def pipeline(
 def failing_gateway_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     """A short-lived stack of its own whose payment gateway always fails transiently."""
     log_dir = tmp_path_factory.mktemp("e2e-failing-gateway")
-    with (
-        NatsServer() as nats_server,
-        RedisServer() as redis_server,
-        running_pipeline(
-            nats_server.url,
-            redis_server.url,
-            log_dir,
-            {"PAYMENT_TRANSIENT_FAILURE_RATE": "1"},
-        ) as running,
-    ):
+    with pipeline_of_its_own(log_dir, {"PAYMENT_TRANSIENT_FAILURE_RATE": "1"}) as running:
         yield running
 
 

@@ -13,10 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 from orders_builder import order
-from pipeline_stack import Pipeline, running_pipeline
+from pipeline_stack import Pipeline, pipeline_of_its_own
 from prometheus_client.parser import text_string_to_metric_families
 
-from dev.servers import NatsServer, RedisServer
 from orders.adapters import redis_keys
 from orders.domain.model import FailureReason, OutcomeKind
 
@@ -30,12 +29,7 @@ VALID, DECLINED, OUT_OF_STOCK = 20, 2, 2
 
 @pytest.fixture
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
-    log_dir = tmp_path_factory.mktemp("e2e-batching")
-    with (
-        NatsServer() as nats_server,
-        RedisServer() as redis_server,
-        running_pipeline(nats_server.url, redis_server.url, log_dir, ENV) as running,
-    ):
+    with pipeline_of_its_own(tmp_path_factory.mktemp("e2e-batching"), ENV) as running:
         yield running
 
 
