@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from orders.domain.errors import GatewayUnavailable
 from orders.domain.model import StepResult
 
 
@@ -13,6 +15,20 @@ class ChargeResult:
     approved: bool
     payment_id: str = ""
     detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeRequest:
+    idempotency_key: str
+    amount_minor: int
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationRequest:
+    order_id: str
+    epoch: int
+    quantities: dict[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +46,14 @@ class PaymentGateway(Protocol):
         whether or not the charge happened."""
         ...
 
+    def charge_many(
+        self, requests: Sequence[ChargeRequest]
+    ) -> list[ChargeResult | GatewayUnavailable]:
+        """:meth:`charge` for the orders of a batch, in one call where the gateway
+        has a batch API: per request its result, or the transient fault that request
+        met (the others are not held back by it)."""
+        ...
+
     def refund(self, idempotency_key: str) -> RefundResult:
         """Refund the charge made under this key, at most once. With no charge yet,
         void the key so a late charge under it is refused. May raise
@@ -41,6 +65,11 @@ class Inventory(Protocol):
     def reserve(self, order_id: str, epoch: int, quantities: dict[str, int]) -> StepResult:
         """Reserve every product or none, atomically, once per order and epoch: a
         repeated call returns the first call's answer and takes no more stock."""
+        ...
+
+    def reserve_many(self, requests: Sequence[ReservationRequest]) -> list[StepResult]:
+        """:meth:`reserve` for the orders of a batch, in one atomic step: each order
+        still takes all of its stock or none, in the order given."""
         ...
 
     def release(self, order_id: str, epoch: int, quantities: dict[str, int]) -> bool:

@@ -10,9 +10,11 @@ effect of running once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from orders.adapters.order_state import OrderState
+from orders.domain.errors import TransientError
 from orders.domain.model import (
     FailureReason,
     Order,
@@ -22,7 +24,16 @@ from orders.domain.model import (
 )
 from orders.domain.settlement import settle
 from orders.domain.validation import Limits
-from orders.ports import Inventory, PaymentGateway
+from orders.ports import (
+    ChargeRequest,
+    ChargeResult,
+    Inventory,
+    PaymentGateway,
+    ReservationRequest,
+)
+
+# An order and its epoch, as a batch step takes them.
+Placed = tuple[Order, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,25 +53,71 @@ def charge_key(order_id: str, epoch: int) -> str:
 
 
 def reserve_step(p: Pipeline, order: Order, epoch: int) -> StepResult:
-    return p.inventory.reserve(order.order_id, epoch, order.quantities())
+    [result] = reserve_steps(p, [(order, epoch)])
+    return result
+
+
+def reserve_steps(p: Pipeline, placed: Sequence[Placed]) -> list[StepResult]:
+    """Reserve for every order of a batch in one atomic call, each all or nothing."""
+    return p.inventory.reserve_many(
+        [ReservationRequest(o.order_id, epoch, o.quantities()) for o, epoch in placed]
+    )
 
 
 def charge_step(p: Pipeline, order: Order, epoch: int) -> StepResult:
-    result = p.gateway.charge(charge_key(order.order_id, epoch), order.total_minor, order.currency)
-    if not result.approved:
-        return StepResult.failure(FailureReason.PAYMENT_DECLINED, result.detail)
-    p.state.count_charge(order.order_id, result.payment_id)
-    return StepResult.success(payment_id=result.payment_id)
+    [result] = charge_steps(p, [(order, epoch)])
+    if isinstance(result, TransientError):
+        raise result
+    return result
+
+
+def charge_steps(p: Pipeline, placed: Sequence[Placed]) -> list[StepResult | TransientError]:
+    """Charge every order of a batch (one gateway call where it has a batch API) and
+    count the approved charges once each: per order its result, or the transient
+    fault that order met (retried on its own)."""
+    answers = p.gateway.charge_many(
+        [ChargeRequest(charge_key(o.order_id, e), o.total_minor, o.currency) for o, e in placed]
+    )
+    p.state.count_charges(
+        [
+            (order.order_id, answer.payment_id)
+            for (order, _), answer in zip(placed, answers, strict=True)
+            if isinstance(answer, ChargeResult) and answer.approved
+        ]
+    )
+    return [_charge_result(answer) for answer in answers]
+
+
+def _charge_result(answer: ChargeResult | TransientError) -> StepResult | TransientError:
+    if isinstance(answer, TransientError):
+        return answer
+    if not answer.approved:
+        return StepResult.failure(FailureReason.PAYMENT_DECLINED, answer.detail)
+    return StepResult.success(payment_id=answer.payment_id)
 
 
 def settle_step(
     p: Pipeline, order: Order, epoch: int, reservation: StepResult, payment: StepResult
 ) -> Settlement:
     """Decide the outcome; record it now when nothing needs compensating."""
-    settlement = settle(order, reservation, payment)
-    if not (settlement.release_stock or settlement.refund_payment):
-        p.state.finalize(epoch, settlement.outcome)
+    [settlement] = settle_steps(p, [(order, epoch, reservation, payment)])
     return settlement
+
+
+def settle_steps(
+    p: Pipeline, steps: Sequence[tuple[Order, int, StepResult, StepResult]]
+) -> list[Settlement]:
+    """Decide each order's outcome; those that need no compensation are recorded now,
+    in one call for the batch."""
+    settlements = [settle(order, reservation, payment) for order, _, reservation, payment in steps]
+    p.state.finalize_many(
+        [
+            (epoch, settlement.outcome)
+            for (_, epoch, _, _), settlement in zip(steps, settlements, strict=True)
+            if not (settlement.release_stock or settlement.refund_payment)
+        ]
+    )
+    return settlements
 
 
 def release_step(p: Pipeline, order_id: str, epoch: int, quantities: dict[str, int]) -> None:

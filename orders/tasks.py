@@ -8,7 +8,8 @@ the shared base class reports progress and failures for the order.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -22,7 +23,7 @@ from orders import bootstrap, names, services
 from orders.domain.errors import TransientError
 from orders.domain.model import Order, Outcome, Settlement, StepResult
 from orders.logs import remember_task
-from orders.services import Pipeline
+from orders.services import Pipeline, Placed
 from orders.telemetry import ORDER_ID
 from orders.workflow import BatchMember, order_workflow
 from relay.ledger import Ledger
@@ -155,27 +156,33 @@ SPLIT: dict[str, Any] = {"split": True}
 
 
 class BatchStepTask(StepTask):
-    """A header step over a batch: the step runs per order, each in its own span of
-    its own trace. A business failure is that order's result; a transient fault
-    hands that order alone to a single-order workflow, retried with backoff, and the
-    batch goes on without it."""
+    """A header step over a batch: the step runs for every order in one call (one
+    script, one gateway request), and each order's part gets a span of its own trace.
+    A business failure is that order's result; a transient fault of one order hands
+    that order alone to a single-order workflow, retried with backoff, and the batch
+    goes on without it. A fault of the whole call (Redis unreachable) retries the
+    batch task, as it would a single order's."""
 
     def each(
-        self, members: list[BatchMember], step: Callable[[Pipeline, Order, int], StepResult]
+        self,
+        members: list[BatchMember],
+        step: Callable[[Pipeline, list[Placed]], Sequence[StepResult | TransientError]],
     ) -> list[dict[str, Any]]:
         p = bootstrap.pipeline()
+        placed = [(Order.model_validate(m["order"]), m["epoch"]) for m in members]
+        started = time.time_ns()
+        answers = step(p, placed)
         results = []
-        for member in members:
-            with member_scope(member, self.name):
-                try:
-                    order = Order.model_validate(member["order"])
-                    results.append(step(p, order, member["epoch"]).model_dump(mode="json"))
-                except TRANSIENT as exc:
-                    self.split(p, member, exc)
+        for member, answer in zip(members, answers, strict=True):
+            with member_scope(member, self.name, started):
+                if isinstance(answer, TransientError):
+                    self.split(member, answer)
                     results.append(SPLIT)
+                else:
+                    results.append(answer.model_dump(mode="json"))
         return results
 
-    def split(self, p: Pipeline, member: BatchMember, exc: BaseException) -> None:
+    def split(self, member: BatchMember, exc: BaseException) -> None:
         order_id, epoch, run = member["order_id"], member["epoch"], member["run"]
         countdown = get_exponential_backoff_interval(
             factor=self.retry_backoff, retries=0, maximum=self.retry_backoff_max, full_jitter=True
@@ -187,19 +194,22 @@ class BatchStepTask(StepTask):
         # steps are idempotent, and both header steps may split the same order),
         # whereas a mark without a send would leave the order to the stall timeout.
         order_workflow(self.app, order, epoch, run, countdown=countdown).apply_async()
-        p.state.mark_split(order_id, epoch, run)
+        bootstrap.pipeline().state.mark_split(order_id, epoch, run)
 
 
 @contextmanager
-def member_scope(member: BatchMember, step: str) -> Iterator[None]:
+def member_scope(member: BatchMember, step: str, started_ns: int | None = None) -> Iterator[None]:
     """One order's part of a batch task: a span that is a child of the order's own
     trace (its baggage names the order in logs and in every span under it), linked
-    from the batch task's span."""
+    from the batch task's span. ``started_ns``: when the batch's call that did this
+    order's work began (its part started then, with everyone else's)."""
     batch_span = trace.get_current_span()
     token = context.attach(propagate.extract(member["trace"]))
     try:
         with _tracer.start_as_current_span(
-            f"{step} {member['order_id']}", attributes={ORDER_ID: member["order_id"]}
+            f"{step} {member['order_id']}",
+            attributes={ORDER_ID: member["order_id"]},
+            start_time=started_ns,
         ) as span:
             batch_span.add_link(span.get_span_context())
             yield
@@ -211,14 +221,14 @@ def member_scope(member: BatchMember, step: str) -> Iterator[None]:
 def reserve_batch(
     self: BatchStepTask, *, order_ids: list[str], members: list[BatchMember]
 ) -> list[dict[str, Any]]:
-    return self.each(members, services.reserve_step)
+    return self.each(members, services.reserve_steps)
 
 
 @shared_task(name=names.TASK_CHARGE_BATCH, base=BatchStepTask, bind=True)
 def charge_batch(
     self: BatchStepTask, *, order_ids: list[str], members: list[BatchMember]
 ) -> list[dict[str, Any]]:
-    return self.each(members, services.charge_step)
+    return self.each(members, services.charge_steps)
 
 
 @shared_task(name=names.TASK_SETTLE_BATCH, base=StepTask, bind=True)
@@ -229,21 +239,25 @@ def settle_batch(
     order_ids: list[str],
     members: list[BatchMember],
 ) -> None:
-    """The batch's chord callback: each order settled (and compensated) on its own;
-    orders split out of the batch are settled by their own workflow instead."""
+    """The batch's chord callback: each order settled (and compensated) on its own,
+    the outcomes that need no compensation recorded in one call; orders split out of
+    the batch are settled by their own workflow instead."""
     p = bootstrap.pipeline()
     reservations, payments = results
-    for member, reservation, payment in zip(members, reservations, payments, strict=True):
-        if reservation.get("split") or payment.get("split"):
-            continue
-        with member_scope(member, self.name):
-            order = Order.model_validate(member["order"])
-            epoch = member["epoch"]
-            settlement = services.settle_step(
-                p,
-                order,
-                epoch,
-                StepResult.model_validate(reservation),
-                StepResult.model_validate(payment),
-            )
-            _compensate(self.app, f"{self.request.id}:{order.order_id}", order, epoch, settlement)
+    settled = [
+        (member, Order.model_validate(member["order"]), reservation, payment)
+        for member, reservation, payment in zip(members, reservations, payments, strict=True)
+        if not (reservation.get("split") or payment.get("split"))
+    ]
+    started = time.time_ns()
+    settlements = services.settle_steps(
+        p,
+        [
+            (order, member["epoch"], StepResult.model_validate(r), StepResult.model_validate(c))
+            for member, order, r, c in settled
+        ],
+    )
+    for (member, order, _, _), settlement in zip(settled, settlements, strict=True):
+        with member_scope(member, self.name, started):
+            task_id = f"{self.request.id}:{order.order_id}"
+            _compensate(self.app, task_id, order, member["epoch"], settlement)

@@ -1,7 +1,8 @@
 """Waiting for many workflows at once on one Redis stream.
 
 The workflow's last step appends ``{key, event}`` to a stream in the same
-script that records the outcome (``relay/lua/finalize.lua``). One
+script that records the outcome (``relay/lua/finalize.lua``; a batch step that
+records several at once appends one ``{keys, event}``, ``keys`` a JSON list). One
 reader per bridge blocks on ``XREAD`` for a batch of entries and wakes the
 handlers waiting for those entries: one round trip per batch, not one result
 subscription or poll per input. Every bridge reads the whole stream and ignores
@@ -15,6 +16,7 @@ wake-up costs latency, never an input.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import defaultdict
 
@@ -79,7 +81,8 @@ class CompletionWatcher:
                 for _stream, entries in reply:
                     for entry_id, fields in entries:
                         last_id = entry_id
-                        self._wake(fields.get("key", ""))
+                        for key in _keys(fields):
+                            self._wake(key)
             except RedisError as exc:
                 self.healthy = False
                 pause = backoff.pause()
@@ -96,3 +99,15 @@ class CompletionWatcher:
         for waiters in self._waiters.values():
             for event in waiters:
                 event.set()
+
+
+def _keys(fields: dict[str, str]) -> list[str]:
+    """The keys a completion event names (a malformed one names none: the waiters'
+    own re-reads cover it)."""
+    if "keys" in fields:
+        try:
+            keys = json.loads(fields["keys"])
+        except ValueError:
+            return []
+        return [k for k in keys if isinstance(k, str)] if isinstance(keys, list) else []
+    return [fields.get("key", "")]

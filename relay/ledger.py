@@ -22,6 +22,7 @@ fields of their own in the same hash (``finalize`` sets some), and read them fro
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
@@ -32,12 +33,16 @@ import redis
 import redis.asyncio
 import redis.exceptions
 
+from relay.coalesce import Coalescer
 from relay.keys import COMPLETIONS_MAXLEN, LedgerKeys
 from relay.redis_replies import decoded_hash
 
 # Start counts outlive any retry schedule; they are only bookkeeping.
 TASK_STARTS_TTL_S = 24 * 3600
 DEAD_LETTERED = "DEAD_LETTERED"  # the reason an abandoned entry shows
+# Entries one coalesced script call decides, reads or marks at most (a fetch's worth
+# and more; the script holds Redis for about a microsecond per entry and field).
+COALESCE_MAX = 256
 
 
 @cache
@@ -111,8 +116,22 @@ def _begin(reply: list[Any]) -> Begin:
     )
 
 
-def _finalize_args(key: str, epoch: int, outcome: str, fields: dict[str, str]) -> list[Any]:
-    return [epoch, COMPLETIONS_MAXLEN, key, outcome, *(x for pair in fields.items() for x in pair)]
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One outcome to record: ``fields`` are the application's own, set with it."""
+
+    key: str
+    epoch: int
+    outcome: str
+    fields: dict[str, str]
+
+
+def _finalize_call(keys: LedgerKeys, records: Sequence[Record]) -> tuple[list[str], list[Any]]:
+    args: list[Any] = [COMPLETIONS_MAXLEN]
+    for r in records:
+        args += [r.epoch, r.key, r.outcome, len(r.fields)]
+        args += [x for pair in r.fields.items() for x in pair]
+    return [keys.completions, *(keys.entry(r.key) for r in records)], args
 
 
 class Ledger:
@@ -135,9 +154,15 @@ class Ledger:
         would kill the next worker too, forever. The count lets it refuse to run
         after a bounded number of lost attempts.
         """
+        return self.start_tasks(task_id, [(key, epoch)])
+
+    def start_tasks(self, task_id: str, inputs: Iterable[tuple[str, int]]) -> int:
+        """:meth:`start_task` for a task working for several inputs (a batch): one
+        count of its starts, and each (key, epoch) entry's progress marked."""
+        inputs = list(inputs)
         reply = self._start_task(
-            keys=[self.keys.entry(key), self.keys.task_starts(task_id)],
-            args=[epoch, TASK_STARTS_TTL_S],
+            keys=[self.keys.task_starts(task_id), *(self.keys.entry(k) for k, _ in inputs)],
+            args=[TASK_STARTS_TTL_S, *(epoch for _, epoch in inputs)],
         )
         return int(reply)
 
@@ -146,11 +171,16 @@ class Ledger:
     ) -> bool:
         """Record the outcome once per epoch and announce it; ``False`` if already
         decided (or the epoch is dead). ``fields`` are set with it."""
-        reply = self._finalize(
-            keys=[self.keys.entry(key), self.keys.completions],
-            args=_finalize_args(key, epoch, outcome, fields or {}),
-        )
-        return bool(reply)
+        [recorded] = self.finalize_many([Record(key, epoch, outcome, fields or {})])
+        return recorded
+
+    def finalize_many(self, records: Sequence[Record]) -> list[bool]:
+        """:meth:`finalize` for several inputs in one script call, announced by one
+        completion event; whether each was recorded, in order."""
+        if not records:
+            return []
+        keys, args = _finalize_call(self.keys, records)
+        return [bool(done) for done in self._finalize(keys=keys, args=args)]
 
     def record_error(self, key: str, epoch: int, detail: str) -> bool:
         reply = self._record_error(
@@ -172,6 +202,10 @@ class Confirmed:
     fsynced: bool  # the primary's fsync was confirmed (``True`` when not asked)
 
 
+# A begin asked: key, stall ms, mode, input, server, known epoch, known run.
+_Ask = tuple[str, int, str, str, str, int, int]
+
+
 class AsyncLedger:
     """The bridge's side (asyncio)."""
 
@@ -183,6 +217,11 @@ class AsyncLedger:
         self._finalize = client.register_script(script("finalize"))
         self._abandon = client.register_script(script("abandon"))
         self._confirm = client.register_script(script("confirm"))
+        # The handlers of one moment share one call (relay.coalesce).
+        self._begins = Coalescer(self._begin_many, max_batch=COALESCE_MAX, name="ledger-begin")
+        self._publishes = Coalescer(
+            self._mark_published_many, max_batch=COALESCE_MAX, name="ledger-published"
+        )
 
     async def begin(
         self,
@@ -206,27 +245,25 @@ class AsyncLedger:
         again. ``known`` is the (epoch, run) the bridge is waiting for, so that an
         entry a failover lost is restored without reusing a run number.
         """
-        reply = await self._begin(
-            keys=[self.keys.entry(key)],
-            args=[
-                int(stall_timeout_s * 1000),
-                "resend" if resend else "poll" if poll else "deliver",
-                input,
-                server,
-                *known,
-            ],
+        mode = "resend" if resend else "poll" if poll else "deliver"
+        return await self._begins(
+            (key, int(stall_timeout_s * 1000), mode, input, server, known[0], known[1])
         )
-        return _begin(reply)
+
+    async def _begin_many(self, asks: list[_Ask]) -> list[Begin]:
+        replies = await self._begin(
+            keys=[self.keys.entry(ask[0]) for ask in asks],
+            args=[arg for ask in asks for arg in ask[1:]],
+        )
+        return [_begin(reply) for reply in replies]
 
     async def finalize(
         self, key: str, epoch: int, outcome: str, fields: dict[str, str] | None = None
     ) -> bool:
         """As :meth:`Ledger.finalize`, for an outcome the bridge decides itself."""
-        reply = await self._finalize(
-            keys=[self.keys.entry(key), self.keys.completions],
-            args=_finalize_args(key, epoch, outcome, fields or {}),
-        )
-        return bool(reply)
+        keys, args = _finalize_call(self.keys, [Record(key, epoch, outcome, fields or {})])
+        [recorded] = await self._finalize(keys=keys, args=args)
+        return bool(recorded)
 
     async def abandon(self, key: str, epoch: int, detail: str) -> bool:
         """Mark the entry dead-lettered in this epoch, before compensating it: from
@@ -242,7 +279,7 @@ class AsyncLedger:
         self, keys: list[str], *, replicas: int, aof: bool, timeout_ms: int
     ) -> Confirmed:
         """The entries of ``keys`` and how far the writes they rest on are replicated,
-        in one round trip: ``confirm.lua`` per entry, then ``WAIT replicas`` (when
+        in one round trip: ``confirm.lua`` over the entries, then ``WAIT replicas`` (when
         ``replicas > 0``) and ``WAITAOF 1 0`` (when ``aof``) on the same connection."""
         write = "1" if replicas > 0 or aof else "0"
         try:
@@ -253,9 +290,9 @@ class AsyncLedger:
             replies = await self._confirm_round_trip(keys, write, replicas, aof, timeout_ms)
         entries = [
             entry_from(key, dict(zip(flat[::2], flat[1::2], strict=True)))
-            for key, flat in zip(keys, replies, strict=False)
+            for key, flat in zip(keys, replies[0], strict=True)
         ]
-        rest = replies[len(keys) :]
+        rest = replies[1:]
         acked = int(rest.pop(0)) if replicas > 0 else replicas
         fsynced = bool(int(rest.pop(0)[0])) if aof else True
         return Confirmed(entries, acked, fsynced)
@@ -266,8 +303,7 @@ class AsyncLedger:
         # EVALSHA by hand: a pipeline given registered scripts asks SCRIPT EXISTS
         # first, a second round trip on every call.
         async with self.redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.evalsha(self._confirm.sha, 1, self.keys.entry(key), write)
+            pipe.evalsha(self._confirm.sha, len(keys), *map(self.keys.entry, keys), write)
             if replicas > 0:
                 pipe.execute_command("WAIT", replicas, timeout_ms)
             if aof:
@@ -280,7 +316,14 @@ class AsyncLedger:
         await self.redis.hset(self.keys.entry(key), "error", "workflow could not be sent")
 
     async def mark_published(self, key: str, label: str) -> None:
-        await self.redis.hset(self.keys.entry(key), "published", label or "1")
+        await self._publishes((key, label))
+
+    async def _mark_published_many(self, marks: list[tuple[str, str]]) -> list[None]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, label in marks:
+                pipe.hset(self.keys.entry(key), "published", label or "1")
+            await pipe.execute()
+        return [None] * len(marks)
 
     async def entry(self, key: str) -> Entry | None:
         return entry_from(key, decoded_hash(await self.redis.hgetall(self.keys.entry(key))))

@@ -14,8 +14,8 @@ follow, and both live here:
 - :class:`OutcomeBarrier` reads an entry's outcome for publishing and, on the
   same connection, ``WAIT``\\ s until the replicas acknowledge every write before
   it (and ``WAITAOF`` for the primary's fsync, when asked). Entries that finish
-  together share one round trip: requests that arrive while one is in flight
-  go out together in the next.
+  together share one round trip (:mod:`relay.coalesce`): requests that arrive
+  while one is in flight go out together in the next.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any
 import redis.asyncio
 from redis.exceptions import RedisError, ResponseError
 
+from relay.coalesce import Coalescer
 from relay.config import Limits
 from relay.ledger import AsyncLedger, Entry
 from relay.metrics import RelayMetrics
@@ -153,8 +154,10 @@ class OutcomeBarrier:
         self._timeout_ms = limits.redis_wait_timeout_ms
         self._want_aof = limits.redis_wait_aof
         self._metrics = metrics
-        self._pending: list[tuple[str, asyncio.Future[Entry | None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        # Entries that finish together share one round trip (relay.coalesce).
+        self._confirms = Coalescer(
+            self._confirm_many, max_batch=BARRIER_BATCH_MAX, name="outcome-barrier"
+        )
         self._behind_until = 0.0
         self.problem = ""
 
@@ -167,54 +170,31 @@ class OutcomeBarrier:
         """The entry, after every write before it reached the replicas that
         :class:`RedisWatch` says to wait for. Raises :class:`ReplicasBehind` when
         they do not acknowledge within ``REDIS_WAIT_TIMEOUT_MS``, and Redis errors."""
-        future: asyncio.Future[Entry | None] = asyncio.get_running_loop().create_future()
-        self._pending.append((key, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name="outcome-barrier")
-        return await future
+        return await self._confirms(key)
 
-    async def _flush(self) -> None:
-        while self._pending:
-            batch = self._pending[:BARRIER_BATCH_MAX]
-            del self._pending[:BARRIER_BATCH_MAX]
-            replicas = self._watch.replicas_to_wait_for
-            aof = self._want_aof and self._watch.waitaof
-            started = time.monotonic()
-            try:
-                confirmed = await self._ledger.confirm(
-                    [key for key, _ in batch],
-                    replicas=replicas,
-                    aof=aof,
-                    timeout_ms=self._timeout_ms,
-                )
-            except Exception as exc:  # every waiter of the batch gets it
-                _settle(batch, exc)
-                continue
-            if replicas or aof:
-                self._metrics.redis_wait.observe(time.monotonic() - started)
-            acked, fsynced = confirmed.acked, confirmed.fsynced
-            if acked < replicas or not fsynced:
-                first = not self.problem
-                self._behind_until = time.monotonic() + BEHIND_PAUSE_S
-                self.problem = (
-                    f"{acked} of {replicas} Redis replicas acknowledged within "
-                    f"{self._timeout_ms} ms" + ("" if fsynced else "; the primary's fsync did not")
-                )
-                if first:  # news once, not per order
-                    log.warning("outcomes held back, fetching paused: %s", self.problem)
-                self._metrics.redis_replicas_behind.inc()
-                _settle(batch, ReplicasBehind(self.problem))
-                continue
-            if self.problem:
-                log.info("Redis replicas acknowledge again; publishing held outcomes")
-            self._behind_until = 0.0
-            self.problem = ""
-            for (_key, future), entry in zip(batch, confirmed.entries, strict=True):
-                if not future.done():
-                    future.set_result(entry)
-
-
-def _settle(batch: list[tuple[str, asyncio.Future[Entry | None]]], exc: Exception) -> None:
-    for _key, future in batch:
-        if not future.done():
-            future.set_exception(exc)
+    async def _confirm_many(self, keys: list[str]) -> list[Entry | None]:
+        replicas = self._watch.replicas_to_wait_for
+        aof = self._want_aof and self._watch.waitaof
+        started = time.monotonic()
+        confirmed = await self._ledger.confirm(
+            keys, replicas=replicas, aof=aof, timeout_ms=self._timeout_ms
+        )
+        if replicas or aof:
+            self._metrics.redis_wait.observe(time.monotonic() - started)
+        acked, fsynced = confirmed.acked, confirmed.fsynced
+        if acked < replicas or not fsynced:
+            first = not self.problem
+            self._behind_until = time.monotonic() + BEHIND_PAUSE_S
+            self.problem = (
+                f"{acked} of {replicas} Redis replicas acknowledged within "
+                f"{self._timeout_ms} ms" + ("" if fsynced else "; the primary's fsync did not")
+            )
+            if first:  # news once, not per order
+                log.warning("outcomes held back, fetching paused: %s", self.problem)
+            self._metrics.redis_replicas_behind.inc()
+            raise ReplicasBehind(self.problem)
+        if self.problem:
+            log.info("Redis replicas acknowledge again; publishing held outcomes")
+        self._behind_until = 0.0
+        self.problem = ""
+        return confirmed.entries

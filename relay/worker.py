@@ -53,16 +53,11 @@ class LedgerTask(Task[Any, Any]):
         inputs = self.inputs(kwargs)
         if not inputs:
             return
-        # Counted on every input's entry (a start is each one's sign of progress, so
-        # the bridge does not take a batch at work for a stalled one), under a count of
-        # its own per input: every input of a batch counts the same starts.
-        ids = [task_id] if len(inputs) == 1 else [f"{task_id}:{key}" for key, _ in inputs]
+        # One count per start of the task, and every input's entry marked (a start is
+        # each one's sign of progress, so the bridge does not take a batch at work
+        # for a stalled one): one script call for the whole batch.
         try:
-            ledger = self.ledger()
-            starts = max(
-                ledger.start_task(key, epoch, counted)
-                for (key, epoch), counted in zip(inputs, ids, strict=True)
-            )
+            starts = self.ledger().start_tasks(task_id, inputs)
         except redis.RedisError:
             return  # cannot count now; the task's own Redis calls will retry it
         lost = starts - 1 - (self.request.retries or 0)

@@ -9,6 +9,7 @@ ledger's opaque outcome text) with its status and reason beside it for
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,13 +17,15 @@ import redis
 
 from orders.adapters import redis_keys as keys
 from orders.domain.model import OrderStatus, Outcome
-from relay.ledger import Entry, Ledger
+from relay.ledger import Entry, Ledger, Record
 
-# KEYS: order, ledger   ARGV: 'charges' | 'refunds', ledger entry.  Counts each payment once.
+# Counts each payment once, for one order or each of a batch's.
+# KEYS: per payment: order, ledger   ARGV: 'charges' | 'refunds', per payment: ledger entry
 _COUNT_PAYMENT = """
-if redis.call('HSETNX', KEYS[2], ARGV[2], '1') == 1 then
-  redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-  return 1
+for i = 2, #ARGV do
+  if redis.call('HSETNX', KEYS[2 * i - 2], ARGV[i], '1') == 1 then
+    redis.call('HINCRBY', KEYS[2 * i - 3], ARGV[1], 1)
+  end
 end
 return 0
 """
@@ -103,23 +106,34 @@ class OrderState:
 
     def finalize(self, epoch: int, outcome: Outcome) -> bool:
         """Record the outcome once per epoch and announce it; ``False`` if already decided."""
-        text, fields = outcome_record(outcome)
-        return self.ledger.finalize(outcome.order_id, epoch, text, fields)
+        [recorded] = self.finalize_many([(epoch, outcome)])
+        return recorded
+
+    def finalize_many(self, outcomes: Sequence[tuple[int, Outcome]]) -> list[bool]:
+        """:meth:`finalize` for the orders of a batch, in one script call."""
+        return self.ledger.finalize_many(
+            [Record(o.order_id, epoch, *outcome_record(o)) for epoch, o in outcomes]
+        )
 
     def record_error(self, order_id: str, epoch: int, detail: str) -> bool:
         return self.ledger.record_error(order_id, epoch, detail)
 
     def count_charge(self, order_id: str, payment_id: str) -> None:
-        self._count_payment(
-            keys=[keys.order(order_id), keys.ledger(order_id)],
-            args=["charges", f"charge:{payment_id}"],
-        )
+        self.count_charges([(order_id, payment_id)])
+
+    def count_charges(self, payments: Sequence[tuple[str, str]]) -> None:
+        """Count each (order id, payment id) charge once, in one script call."""
+        self._count("charges", "charge", payments)
 
     def count_refund(self, order_id: str, payment_id: str) -> None:
-        self._count_payment(
-            keys=[keys.order(order_id), keys.ledger(order_id)],
-            args=["refunds", f"refund:{payment_id}"],
-        )
+        self._count("refunds", "refund", [(order_id, payment_id)])
+
+    def _count(self, field: str, kind: str, payments: Sequence[tuple[str, str]]) -> None:
+        if payments:
+            self._count_payment(
+                keys=[k for o, _ in payments for k in (keys.order(o), keys.ledger(o))],
+                args=[field, *(f"{kind}:{payment_id}" for _, payment_id in payments)],
+            )
 
     def mark_split(self, order_id: str, epoch: int, run: int) -> None:
         """The order's run went on as a workflow of its own, out of its batch (what

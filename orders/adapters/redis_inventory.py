@@ -6,10 +6,13 @@ takes all of its stock or none, and two orders never oversell a product.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import redis
 
 from orders.adapters import redis_keys as keys
 from orders.domain.model import FailureReason, StepResult
+from orders.ports import ReservationRequest
 
 # One reservation record per order and epoch (a replay of a dead-lettered order
 # is a new epoch and reserves afresh; compensating one epoch never touches
@@ -18,28 +21,42 @@ from orders.domain.model import FailureReason, StepResult
 # repeated after compensation repeats its first answer and leads to the same
 # settlement, without taking stock again.
 #
-# KEYS: reservation, stock_1..n   ARGV: default stock, qty_1..n, sku_1..n
+# Orders one after another (a batch's, or one), each all or nothing, so a batch has
+# exactly the effect of its orders reserved one by one.
+#
+# KEYS: per order: reservation, stock_1..n
+# ARGV: default stock, then per order: n, qty_1..n, sku_1..n
+# Reply: per order {result, detail}
 _RESERVE = """
-local f = redis.call('HMGET', KEYS[1], 'result', 'detail', 'state')
-if f[1] then return {f[1], f[2] or ''} end
-if f[3] == 'released' then return {'rejected', 'reservation cancelled before it was made'} end
-local n = #KEYS - 1
 local default = tonumber(ARGV[1])
-for i = 1, n do
-  local have = tonumber(redis.call('GET', KEYS[i + 1]) or default)
-  local want = tonumber(ARGV[1 + i])
-  if have < want then
-    local detail = ARGV[1 + n + i] .. ': requested ' .. want .. ', available ' .. have
-    redis.call('HSET', KEYS[1], 'result', 'rejected', 'state', 'none', 'detail', detail)
-    return {'rejected', detail}
+
+local function reserve(k, a, n)
+  local f = redis.call('HMGET', KEYS[k], 'result', 'detail', 'state')
+  if f[1] then return {f[1], f[2] or ''} end
+  if f[3] == 'released' then return {'rejected', 'reservation cancelled before it was made'} end
+  local left = {}
+  for i = 1, n do
+    local have = tonumber(redis.call('GET', KEYS[k + i]) or default)
+    local want = tonumber(ARGV[a + i])
+    if have < want then
+      local detail = ARGV[a + n + i] .. ': requested ' .. want .. ', available ' .. have
+      redis.call('HSET', KEYS[k], 'result', 'rejected', 'state', 'none', 'detail', detail)
+      return {'rejected', detail}
+    end
+    left[i] = have - want
   end
+  for i = 1, n do redis.call('SET', KEYS[k + i], left[i]) end
+  redis.call('HSET', KEYS[k], 'result', 'reserved', 'state', 'reserved', 'detail', '')
+  return {'reserved', ''}
 end
-for i = 1, n do
-  if redis.call('EXISTS', KEYS[i + 1]) == 0 then redis.call('SET', KEYS[i + 1], default) end
-  redis.call('DECRBY', KEYS[i + 1], ARGV[1 + i])
+
+local replies, k, a = {}, 1, 2
+while a <= #ARGV do
+  local n = tonumber(ARGV[a])
+  replies[#replies + 1] = reserve(k, a, n)
+  k, a = k + 1 + n, a + 1 + 2 * n
 end
-redis.call('HSET', KEYS[1], 'result', 'reserved', 'state', 'reserved', 'detail', '')
-return {'reserved', ''}
+return replies
 """
 
 # KEYS: reservation, stock_1..n   ARGV: qty_1..n
@@ -67,15 +84,20 @@ class RedisInventory:
         self._release = client.register_script(_RELEASE)
 
     def reserve(self, order_id: str, epoch: int, quantities: dict[str, int]) -> StepResult:
-        skus = sorted(quantities)
-        state, detail = self._reserve(
-            keys=[keys.reservation(order_id, epoch), *(keys.stock(s) for s in skus)],
-            args=[self._default_stock, *(quantities[s] for s in skus), *skus],
-        )
-        if state == "reserved":
-            return StepResult.success()
-        detail = detail or "stock already released for this order"
-        return StepResult.failure(FailureReason.OUT_OF_STOCK, detail)
+        [result] = self.reserve_many([ReservationRequest(order_id, epoch, quantities)])
+        return result
+
+    def reserve_many(self, requests: Sequence[ReservationRequest]) -> list[StepResult]:
+        if not requests:
+            return []
+        script_keys: list[str] = []
+        args: list[str | int] = [self._default_stock]
+        for r in requests:
+            skus = sorted(r.quantities)
+            script_keys += [keys.reservation(r.order_id, r.epoch), *map(keys.stock, skus)]
+            args += [len(skus), *(r.quantities[s] for s in skus), *skus]
+        replies = self._reserve(keys=script_keys, args=args)
+        return [_reservation_result(state, detail) for state, detail in replies]
 
     def release(self, order_id: str, epoch: int, quantities: dict[str, int]) -> bool:
         skus = sorted(quantities)
@@ -94,3 +116,11 @@ class RedisInventory:
             sku: self._default_stock if value is None else int(value)
             for sku, value in zip(skus, values, strict=True)
         }
+
+
+def _reservation_result(state: str, detail: str) -> StepResult:
+    if state == "reserved":
+        return StepResult.success()
+    return StepResult.failure(
+        FailureReason.OUT_OF_STOCK, detail or "stock already released for this order"
+    )

@@ -6,6 +6,8 @@
   timing out, so callers must rely on idempotency keys rather than on errors.
 - Declines for amounts above ``PAYMENT_DECLINE_ABOVE``.
 - Idempotency keys: one charge per key, a repeated call returns the first result.
+- A batch API (``charge_many``): one call, with its latency, charges the orders of
+  a batch; each order may still fail on its own.
 
 Its ledger lives in Redis under its own keys, standing in for the gateway's books.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
+from collections.abc import Sequence
 from decimal import Decimal
 
 import redis
@@ -22,15 +25,25 @@ import redis
 from orders.adapters import redis_keys as keys
 from orders.domain import money
 from orders.domain.errors import GatewayUnavailable
-from orders.ports import ChargeResult, RefundResult
+from orders.ports import ChargeRequest, ChargeResult, RefundResult
 
-# KEYS: charge record   ARGV: state if new (approved|declined), payment id, amount, currency
+# KEYS: charge record per charge
+# ARGV: per charge: state if new (approved|declined), payment id, amount, currency
+# Reply: per charge {state, payment id}: the first answer under its key
 _CHARGE = """
-local existing = redis.call('HMGET', KEYS[1], 'state', 'payment_id')
-if existing[1] then return existing end
-redis.call('HSET', KEYS[1], 'state', ARGV[1], 'payment_id', ARGV[2],
-           'amount', ARGV[3], 'currency', ARGV[4])
-return {ARGV[1], ARGV[2]}
+local replies = {}
+for i, record in ipairs(KEYS) do
+  local a = (i - 1) * 4
+  local existing = redis.call('HMGET', record, 'state', 'payment_id')
+  if existing[1] then
+    replies[i] = existing
+  else
+    redis.call('HSET', record, 'state', ARGV[a + 1], 'payment_id', ARGV[a + 2],
+               'amount', ARGV[a + 3], 'currency', ARGV[a + 4])
+    replies[i] = {ARGV[a + 1], ARGV[a + 2]}
+  end
+end
+return replies
 """
 
 # KEYS: charge record.  Returns the refunded payment id, or '' when nothing was refunded.
@@ -66,22 +79,44 @@ class SimulatedGateway:
         self._refund = client.register_script(_REFUND)
 
     def charge(self, idempotency_key: str, amount_minor: int, currency: str) -> ChargeResult:
+        [result] = self.charge_many([ChargeRequest(idempotency_key, amount_minor, currency)])
+        if isinstance(result, GatewayUnavailable):
+            raise result
+        return result
+
+    def charge_many(
+        self, requests: Sequence[ChargeRequest]
+    ) -> list[ChargeResult | GatewayUnavailable]:
         self._network_delay()
-        fails_after = self._transient_failure()
-        if fails_after is False:
-            raise GatewayUnavailable("payment gateway timed out before charging")
-        declined = money.amount_above(amount_minor, currency, self._decline_above)
-        state, payment_id = self._charge(
-            keys=[keys.gateway_charge(idempotency_key)],
-            args=[
-                "declined" if declined else "approved",
-                _payment_id(idempotency_key),
-                amount_minor,
-                currency,
-            ],
+        faults = [self._transient_failure() for _ in requests]
+        # A fault before charging: that request never reaches the books.
+        reaching = [r for r, fault in zip(requests, faults, strict=True) if fault is not False]
+        answers = iter(
+            self._charge(
+                keys=[keys.gateway_charge(r.idempotency_key) for r in reaching],
+                args=[arg for r in reaching for arg in self._charge_args(r)],
+            )
+            if reaching
+            else ()
         )
-        if fails_after:
-            raise GatewayUnavailable("payment gateway timed out after charging")
+        results: list[ChargeResult | GatewayUnavailable] = []
+        for request, fault in zip(requests, faults, strict=True):
+            if fault is False:
+                results.append(GatewayUnavailable("payment gateway timed out before charging"))
+                continue
+            state, payment_id = next(answers)
+            if fault:
+                results.append(GatewayUnavailable("payment gateway timed out after charging"))
+            else:
+                results.append(self._answer(request, state, payment_id))
+        return results
+
+    def _charge_args(self, r: ChargeRequest) -> list[str | int]:
+        declined = money.amount_above(r.amount_minor, r.currency, self._decline_above)
+        state = "declined" if declined else "approved"
+        return [state, _payment_id(r.idempotency_key), r.amount_minor, r.currency]
+
+    def _answer(self, r: ChargeRequest, state: str, payment_id: str) -> ChargeResult:
         if state in ("approved", "refunded"):
             # A refunded charge is still the answer to this key; the caller's
             # ledger already counted it once.
@@ -90,8 +125,8 @@ class SimulatedGateway:
             return ChargeResult(approved=False, detail="charge voided before it was made")
         return ChargeResult(
             approved=False,
-            detail=f"amount {money.format_money(amount_minor, currency)} is above the "
-            f"decline limit of {self._decline_above} {currency}",
+            detail=f"amount {money.format_money(r.amount_minor, r.currency)} is above the "
+            f"decline limit of {self._decline_above} {r.currency}",
         )
 
     def refund(self, idempotency_key: str) -> RefundResult:

@@ -1,4 +1,7 @@
--- What the relay must do with a delivered input, or with one it waits for.
+-- What the relay must do with each of a set of delivered inputs, or with inputs it
+-- waits for: one call decides for every handler that asked at the same moment (a
+-- fetch's deliveries, the waiters woken by one completion read), in order, so two
+-- asks about one key see each other's writes exactly as two calls would.
 --
 -- The first content seen for a key is the input: a later message with the same
 -- key but other content (a buggy producer) follows the stored one, so two
@@ -16,53 +19,62 @@
 -- instead of reported: the bridge's way to send alone an input whose batch failed
 -- as a whole, without spending a delivery on what says nothing about the input.
 --
--- KEYS: entry   ARGV: stall ms, mode ('deliver' | 'poll' | 'resend'), input, server,
---                     known epoch, known run
--- Reply: next, epoch, run, error, stored input (start and attach), cause of a
---        start ('new', 'retry', 'stalled', 'failover')
-local h = KEYS[1]
-local stall_ms, mode, server = tonumber(ARGV[1]), ARGV[2], ARGV[4]
-local known_epoch, known_run = tonumber(ARGV[5]) or 0, tonumber(ARGV[6]) or 0
-local f = redis.call('HMGET', h, 'published', 'outcome', 'dead', 'error', 'updated_ms',
-                     'epoch', 'run', 'sent_on')
--- Published, even if that mark is all a lost hash kept: never processed again.
-if f[1] and f[1] ~= '' then return {'done', tonumber(f[6]) or 1, tonumber(f[7]) or 0, ''} end
-if not f[6] then
-  -- Someone waiting on this entry must not create it without its content.
-  if mode ~= 'deliver' then return {'lost', known_epoch, known_run, ''} end
-  local epoch, run = math.max(known_epoch, 1), known_run + 1
-  redis.call('HSET', h, 'status', 'RECEIVED', 'epoch', epoch, 'run', run, 'received_ms', now,
-             'updated_ms', now, 'input', ARGV[3], 'sent_on', server)
-  return {'start', epoch, run, '', ARGV[3], known_run > 0 and 'failover' or 'new'}
+-- KEYS: entry_1..n
+-- ARGV: per entry: stall ms, mode ('deliver' | 'poll' | 'resend'), input, server,
+--       known epoch, known run
+-- Reply: per entry {next, epoch, run, error, stored input (start and attach),
+--        cause of a start ('new', 'retry', 'stalled', 'failover')}
+local function decide(h, stall_ms, mode, input, server, known_epoch, known_run)
+  local f = redis.call('HMGET', h, 'published', 'outcome', 'dead', 'error', 'updated_ms',
+                       'epoch', 'run', 'sent_on', 'input')
+  local stored = f[9] or input
+  -- Published, even if that mark is all a lost hash kept: never processed again.
+  if f[1] and f[1] ~= '' then return {'done', tonumber(f[6]) or 1, tonumber(f[7]) or 0, ''} end
+  if not f[6] then
+    -- Someone waiting on this entry must not create it without its content.
+    if mode ~= 'deliver' then return {'lost', known_epoch, known_run, ''} end
+    local epoch, run = math.max(known_epoch, 1), known_run + 1
+    redis.call('HSET', h, 'status', 'RECEIVED', 'epoch', epoch, 'run', run, 'received_ms', now,
+               'updated_ms', now, 'input', input, 'sent_on', server)
+    return {'start', epoch, run, '', input, known_run > 0 and 'failover' or 'new'}
+  end
+  local epoch, run = tonumber(f[6]), tonumber(f[7]) or 0
+  if f[2] and f[2] ~= '' then return {'publish', epoch, run, ''} end
+  if mode ~= 'deliver' then
+    -- Someone is waiting on this run: report failures, never start a new epoch.
+    if f[3] == '1' then return {'errored', epoch, run, 'dead-lettered meanwhile'} end
+    if mode == 'poll' and f[4] and f[4] ~= '' then return {'errored', epoch, run, f[4]} end
+  end
+  if f[3] == '1' then
+    -- A replay of a dead letter: a new epoch, so earlier effects cannot count for it.
+    epoch = epoch + 1
+    redis.call('HSET', h, 'epoch', epoch, 'run', 1, 'dead', '', 'error', '', 'status',
+               'RECEIVED', 'reason', '', 'detail', '', 'updated_ms', now, 'sent_on', server)
+    return {'start', epoch, 1, '', stored, 'new'}
+  end
+  local cause = nil
+  if server ~= '' and f[8] and f[8] ~= '' and f[8] ~= server then
+    cause = 'failover'
+  elseif f[4] and f[4] ~= '' then
+    cause = 'retry'
+  else
+    -- A stalled run is sent again, each time after twice as long (up to 8x): when the
+    -- workers are merely behind, re-sends must not pile more work on their queues.
+    local stall = stall_ms * 2 ^ math.min(math.max(run - 1, 0), 3)
+    if now - (tonumber(f[5]) or 0) > stall then cause = 'stalled' end
+  end
+  if cause then
+    run = math.max(run, known_run) + 1
+    redis.call('HSET', h, 'run', run, 'error', '', 'updated_ms', now, 'sent_on', server)
+    return {'start', epoch, run, '', stored, cause}
+  end
+  return {'attach', epoch, run, '', stored}
 end
-local epoch, run = tonumber(f[6]), tonumber(f[7]) or 0
-if f[2] and f[2] ~= '' then return {'publish', epoch, run, ''} end
-if mode ~= 'deliver' then
-  -- Someone is waiting on this run: report failures, never start a new epoch.
-  if f[3] == '1' then return {'errored', epoch, run, 'dead-lettered meanwhile'} end
-  if mode == 'poll' and f[4] and f[4] ~= '' then return {'errored', epoch, run, f[4]} end
+
+local replies = {}
+for i, h in ipairs(KEYS) do
+  local a = (i - 1) * 6
+  replies[i] = decide(h, tonumber(ARGV[a + 1]), ARGV[a + 2], ARGV[a + 3], ARGV[a + 4],
+                      tonumber(ARGV[a + 5]) or 0, tonumber(ARGV[a + 6]) or 0)
 end
-if f[3] == '1' then
-  -- A replay of a dead letter: a new epoch, so earlier effects cannot count for it.
-  epoch = epoch + 1
-  redis.call('HSET', h, 'epoch', epoch, 'run', 1, 'dead', '', 'error', '', 'status',
-             'RECEIVED', 'reason', '', 'detail', '', 'updated_ms', now, 'sent_on', server)
-  return {'start', epoch, 1, '', redis.call('HGET', h, 'input') or ARGV[3], 'new'}
-end
-local cause = nil
-if server ~= '' and f[8] and f[8] ~= '' and f[8] ~= server then
-  cause = 'failover'
-elseif f[4] and f[4] ~= '' then
-  cause = 'retry'
-else
-  -- A stalled run is sent again, each time after twice as long (up to 8x): when the
-  -- workers are merely behind, re-sends must not pile more work on their queues.
-  local stall = stall_ms * 2 ^ math.min(math.max(run - 1, 0), 3)
-  if now - (tonumber(f[5]) or 0) > stall then cause = 'stalled' end
-end
-if cause then
-  run = math.max(run, known_run) + 1
-  redis.call('HSET', h, 'run', run, 'error', '', 'updated_ms', now, 'sent_on', server)
-  return {'start', epoch, run, '', redis.call('HGET', h, 'input') or ARGV[3], cause}
-end
-return {'attach', epoch, run, '', redis.call('HGET', h, 'input') or ARGV[3]}
+return replies

@@ -1,0 +1,67 @@
+"""One round trip for the requests of one moment.
+
+The handlers of one fetch ask Redis the same kind of question within one event-loop
+turn (their ledger ``begin``), and the waiters woken by one completion read do the
+same (their poll, their confirm, their ``published`` mark). Asked one by one, every
+order pays a round trip and a script call of its own; asked together, one call
+answers them all. A :class:`Coalescer` gathers the requests of the current loop
+turn, and those that arrive while its call is in flight, into the next call: no
+timer, so a lone request waits one loop turn and nothing more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+K = TypeVar("K")
+R = TypeVar("R")
+
+
+class Coalescer(Generic[K, R]):
+    def __init__(
+        self, call: Callable[[list[K]], Awaitable[Sequence[R]]], *, max_batch: int, name: str
+    ) -> None:
+        """``call`` answers a list of requests with one result per request, in order;
+        an exception it raises is every request's."""
+        self._call = call
+        self._max_batch = max_batch
+        self._name = name
+        self._pending: list[tuple[K, asyncio.Future[R]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def __call__(self, request: K) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((request, future))
+        if self._flusher is None or self._flusher.done():
+            # Started after the callbacks already due this turn (the rest of a fetch's
+            # handlers join), and in no request's context: the call is nobody's child.
+            self._flusher = asyncio.get_running_loop().create_task(
+                self._flush(), name=self._name, context=contextvars.Context()
+            )
+        return await future
+
+    async def _flush(self) -> None:
+        batch: list[tuple[K, asyncio.Future[R]]] = []
+        try:
+            while self._pending:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                try:
+                    results = await self._call([request for request, _ in batch])
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():  # its caller was cancelled meanwhile
+                        future.set_result(result)
+        except BaseException:
+            # Cancelled (shutdown): nobody waits for a call that never comes.
+            for _, future in [*batch, *self._pending]:
+                future.cancel()
+            self._pending.clear()
+            raise
