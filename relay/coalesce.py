@@ -41,6 +41,7 @@ class Coalescer(Generic[K, R]):
             self._flusher = asyncio.get_running_loop().create_task(
                 self._flush(), name=self._name, context=contextvars.Context()
             )
+            self._flusher.add_done_callback(self._cancel_pending)
         return await future
 
     async def _flush(self) -> None:
@@ -51,6 +52,10 @@ class Coalescer(Generic[K, R]):
                 del self._pending[: self._max_batch]
                 try:
                     results = await self._call([request for request, _ in batch])
+                    if len(results) != len(batch):
+                        raise RuntimeError(
+                            f"{self._name}: {len(results)} answers to {len(batch)} requests"
+                        )
                 except Exception as exc:
                     for _, future in batch:
                         if not future.done():
@@ -59,9 +64,14 @@ class Coalescer(Generic[K, R]):
                 for (_, future), result in zip(batch, results, strict=True):
                     if not future.done():  # its caller was cancelled meanwhile
                         future.set_result(result)
-        except BaseException:
-            # Cancelled (shutdown): nobody waits for a call that never comes.
-            for _, future in [*batch, *self._pending]:
+        finally:
+            for _, future in batch:  # cancelled mid-call (shutdown)
+                future.cancel()
+
+    def _cancel_pending(self, flusher: asyncio.Task[None]) -> None:
+        """A flusher that ended without answering (cancelled, even before its first
+        step): nobody waits for a call that never comes."""
+        if flusher is self._flusher and flusher.cancelled():
+            for _, future in self._pending:
                 future.cancel()
             self._pending.clear()
-            raise

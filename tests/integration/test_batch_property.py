@@ -13,6 +13,7 @@ happen; repeats must change nothing.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import uuid
@@ -66,7 +67,7 @@ def schedules(draw: st.DrawFn, n: int) -> list[list[int]]:
     repeats of earlier batches slipped in anywhere after their first run."""
     cuts = sorted(draw(st.sets(st.integers(1, n - 1), max_size=n - 1)) if n > 1 else set())
     bounds = [0, *cuts, n]
-    batches = [list(range(a, b)) for a, b in zip(bounds, bounds[1:], strict=False)]
+    batches = [list(range(a, b)) for a, b in itertools.pairwise(bounds)]
     runs: list[list[int]] = []
     for batch in batches:
         runs.append(batch)
