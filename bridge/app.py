@@ -77,6 +77,8 @@ def relay_limits(settings: BridgeSettings) -> config.Limits:
         redis_wait_aof=settings.redis_wait_aof,
         workflow_batch_max=settings.workflow_batch_max,
         workflow_batch_linger_s=settings.workflow_batch_linger_ms / 1000,
+        workflow_batches_in_flight=settings.workflow_batches_in_flight,
+        workflow_batch_hold_s=settings.workflow_batch_hold_ms / 1000,
     )
 
 

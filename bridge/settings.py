@@ -143,6 +143,11 @@ class BridgeSettings(NatsConnection, CeleryOptions, Topology, MessageLimits):
     # canvas, at most this many; waiting at most the linger for company. 1: alone.
     workflow_batch_max: int = Field(32, ge=1, le=1000)
     workflow_batch_linger_ms: float = Field(1.0, ge=0, le=100)
+    # Self-clocking: while this many of the bridge's canvases are at work, new
+    # workflows wait (at most the hold) for the next canvas instead of going one by
+    # one: batches grow with the load (relay.batching).
+    workflow_batches_in_flight: int = Field(2, ge=1, le=1000)
+    workflow_batch_hold_ms: float = Field(50.0, ge=0, le=10_000)
     # Before an outcome event is published, the Redis replicas acknowledge every
     # write it rests on (WAIT), so a failover to one of them cannot lose it.
     redis_wait_replicas: ReplicaCount = "auto"

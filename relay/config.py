@@ -58,12 +58,16 @@ class Limits:
     redis_wait_replicas: int | Literal["auto"] = "auto"
     redis_wait_timeout_ms: int = 1000
     redis_wait_aof: bool = False
-    # JetStream stream settings used when the relay creates its streams.
     # New workflows sent to Celery together, for an application that batches
     # (relay.batching): at most this many, waiting at most the linger for company.
     # 1 sends each alone.
     workflow_batch_max: int = 1
     workflow_batch_linger_s: float = 0.001
+    # Self-clocking (relay.batching): while this many canvases are at work, new
+    # workflows wait for the next one, at most workflow_batch_hold_s.
+    workflow_batches_in_flight: int = 2
+    workflow_batch_hold_s: float = 0.05
+    # JetStream stream settings used when the relay creates its streams.
     max_age_s: float = 7 * 24 * 3600.0
     duplicate_window_s: float = 120.0
     stream_replicas: int = 1

@@ -58,6 +58,11 @@ class Consumer:
         self._fetch_failing_since: float | None = None  # fetches raise errors since then
         self._fetch_error = ""
         self._problem: str | None = "not subscribed yet"
+        # A full consumer is refilled a fetch at a time, not a slot at a time: the
+        # inputs of one fetch share their ledger calls and their Celery canvas, so
+        # fetches of one or two (each slot refilled as it frees) would cost nearly
+        # what unbatched inputs cost, exactly when the pipeline is behind.
+        self._refill_at = max(1, min(limits.fetch_batch, limits.max_in_flight // 2))
 
     def problem(self) -> str | None:
         """Why the bridge cannot consume right now, or ``None`` while it can (``/ready``)."""
@@ -103,7 +108,7 @@ class Consumer:
                     await asyncio.sleep(0.2)
                     continue
                 free = max_in_flight - len(self._in_flight)
-                if free <= 0:
+                if free < self._refill_at:
                     self._slot_free.clear()
                     await self._slot_free.wait()
                     continue
@@ -198,7 +203,7 @@ class Consumer:
                 self._fetch_failing_since = now
                 self.resubscribe()
                 continue
-            starved = len(self._in_flight) < self._limits.max_in_flight
+            starved = self._limits.max_in_flight - len(self._in_flight) >= self._refill_at
             if info.num_pending == 0 or not starved:
                 self._last_progress = now  # nothing due to us: idle is healthy
             idle_for = now - self._last_progress

@@ -30,7 +30,7 @@ from nats.js import JetStreamContext
 
 from relay import backoff
 from relay.application import Application, ItemT, Poison, Run
-from relay.batching import Batcher
+from relay.batching import Batcher, Sent
 from relay.completions import CompletionWatcher
 from relay.config import Limits, Names
 from relay.dispatch import Dispatcher
@@ -173,21 +173,23 @@ class Processor(Generic[ItemT]):
         failover lost."""
         d = self._d
         event = d.watcher.expect(key)
-        batched = False
+        batch: Sent | None = None  # the batcher's canvas it went in, while at work
         try:
             if begin.next is Next.START:
                 cause = begin.cause or "new"
-                batched = await self._send(key, item, begin.epoch, begin.run, cause)
+                batch = await self._send(key, item, begin.epoch, begin.run, cause)
             known = (begin.epoch, begin.run)
             while True:
                 await _woken_or_timeout(event, self._poll_s)
+                batched = batch is not None and batch.size > 1
                 poll = await self._poll(key, stored, known, resend=batched)
-                if batched and poll.next is not Next.ATTACH:
-                    # Its batch failed as a whole (a task that killed its worker,
-                    # retries spent): that says nothing about this input, so it is
-                    # sent alone now (START) without spending a delivery; from then
-                    # on a failure is its own.
-                    batched = False
+                if batch is not None and poll.next is not Next.ATTACH:
+                    # Its batch is over. If it failed as a whole (a task that killed
+                    # its worker, retries spent), that says nothing about this input,
+                    # so it is sent alone now (START) without spending a delivery;
+                    # from then on a failure is its own.
+                    batch.finish()
+                    batch = None
                 if poll.next is Next.PUBLISH:
                     return Waited.OUTCOME
                 if poll.next is Next.DONE:
@@ -199,6 +201,8 @@ class Processor(Generic[ItemT]):
                     await self._send(key, item, poll.epoch, poll.run, poll.cause or "stalled")
                     known = (poll.epoch, poll.run)
         finally:
+            if batch is not None:
+                batch.finish()
             d.watcher.forget(key, event)
 
     async def _poll(
@@ -216,14 +220,15 @@ class Processor(Generic[ItemT]):
         server = await d.watch.current_identity()
         return await d.ledger.begin(key, self._stall_s, input=stored, server=server, known=known)
 
-    async def _send(self, key: str, item: ItemT, epoch: int, run: int, cause: str) -> bool:
-        """Send the run's workflow; ``True`` when it went in a batch with others."""
+    async def _send(self, key: str, item: ItemT, epoch: int, run: int, cause: str) -> Sent | None:
+        """Send the run's workflow; the canvas it went in when it went through the
+        batcher (alone or with others), to be finished when the run's wait ends."""
         d = self._d
-        batched = False
+        sent: Sent | None = None
         try:
             if d.batcher is not None and cause == "new":
                 run_of = Run(key, item, epoch, run, contextvars.copy_context())
-                batched = await d.batcher.send(run_of) > 1
+                sent = await d.batcher.send(run_of)
             else:
                 # Re-sends go alone: an input that broke its batch is isolated.
                 await d.dispatcher.send(self._app.workflow(item, epoch, run))
@@ -232,7 +237,7 @@ class Processor(Generic[ItemT]):
                 await d.ledger.mark_unsent(key)
             raise
         d.metrics.workflows_sent.labels(cause).inc()
-        return batched
+        return sent
 
     async def _publish(self, key: str) -> None:
         """Publish the recorded outcome once the replicas hold it, then mark it."""

@@ -94,6 +94,8 @@ class Relay(Generic[ItemT]):
             max_size=limits.workflow_batch_max,
             linger_s=limits.workflow_batch_linger_s,
             span_prefix=names.span_prefix,
+            max_in_flight=limits.workflow_batches_in_flight,
+            hold_s=limits.workflow_batch_hold_s,
             on_sent=self.metrics.workflow_batch_size.observe,
         )
 

@@ -13,7 +13,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from relay.application import Run
-from relay.batching import Batcher
+from relay.batching import Batcher, Sent
 
 pytestmark = pytest.mark.unit
 
@@ -39,7 +39,14 @@ def batch(runs: Sequence[Run[str]]) -> Any:
     return ("batch", [run.key for run in runs])
 
 
-def batcher(dispatcher: RecordingDispatcher, max_size: int, linger_s: float) -> Batcher[str]:
+def batcher(
+    dispatcher: RecordingDispatcher,
+    max_size: int,
+    linger_s: float,
+    *,
+    max_in_flight: int = 4,
+    hold_s: float = 0.05,
+) -> Batcher[str]:
     sizes.clear()
     return Batcher(
         cast(Any, dispatcher),
@@ -48,6 +55,8 @@ def batcher(dispatcher: RecordingDispatcher, max_size: int, linger_s: float) -> 
         max_size=max_size,
         linger_s=linger_s,
         span_prefix="test",
+        max_in_flight=max_in_flight,
+        hold_s=hold_s,
         on_sent=sizes.append,
     )
 
@@ -55,13 +64,13 @@ def batcher(dispatcher: RecordingDispatcher, max_size: int, linger_s: float) -> 
 sizes: list[int] = []
 
 
-async def send_as(b: Batcher[str], key: str) -> None:
+async def send_as(b: Batcher[str], key: str) -> Sent:
     """A handler: its own context, with its key in it, as the processor's scope does."""
     ORDER.set(key)
-    await b.send(Run(key, key, 1, 1, contextvars.copy_context()))
+    return await b.send(Run(key, key, 1, 1, contextvars.copy_context()))
 
 
-async def handlers(b: Batcher[str], keys: list[str]) -> list[BaseException | None]:
+async def handlers(b: Batcher[str], keys: list[str]) -> list[Sent | BaseException]:
     tasks = [asyncio.create_task(send_as(b, key)) for key in keys]
     return await asyncio.gather(*tasks, return_exceptions=True)
 
@@ -69,7 +78,7 @@ async def handlers(b: Batcher[str], keys: list[str]) -> list[BaseException | Non
 def test_the_sends_of_one_moment_go_as_one_canvas() -> None:
     dispatcher = RecordingDispatcher()
     results = asyncio.run(handlers(batcher(dispatcher, 8, 0.05), ["a", "b", "c", "d", "e"]))
-    assert results == [None] * 5
+    assert [r.size if isinstance(r, Sent) else r for r in results] == [5] * 5
     assert [canvas for canvas, _, _ in dispatcher.sent] == [("batch", ["a", "b", "c", "d", "e"])]
     # The batch is nobody's child: sent outside every member's context.
     assert [seen for _, seen, _ in dispatcher.sent] == [""]
@@ -113,7 +122,7 @@ def test_a_failed_send_fails_every_member_of_its_batch() -> None:
 def test_a_member_cancelled_while_waiting_does_not_break_its_batch() -> None:
     dispatcher = RecordingDispatcher()
 
-    async def scenario() -> list[BaseException | None]:
+    async def scenario() -> list[Sent | BaseException]:
         b = batcher(dispatcher, 8, 0.05)
         tasks = [asyncio.create_task(send_as(b, key)) for key in ("a", "b", "c")]
         await asyncio.sleep(0.01)
@@ -121,7 +130,7 @@ def test_a_member_cancelled_while_waiting_does_not_break_its_batch() -> None:
         return await asyncio.gather(*tasks, return_exceptions=True)
 
     results = asyncio.run(scenario())
-    assert results[0] is None and results[2] is None
+    assert isinstance(results[0], Sent) and isinstance(results[2], Sent)
     assert isinstance(results[1], asyncio.CancelledError)
     # Still sent with the rest: the redelivery finds its run started and attaches.
     assert [canvas for canvas, _, _ in dispatcher.sent] == [("batch", ["a", "b", "c"])]
@@ -150,3 +159,61 @@ def test_the_batch_span_links_each_members_span(spans: InMemorySpanExporter) -> 
     assert sent.parent is None  # a root of its own
     assert sorted(link.context.span_id for link in sent.links) == sorted(member_ids)
     assert sent.attributes is not None and sent.attributes["messaging.batch.message_count"] == 3
+
+
+def test_while_its_canvases_are_at_work_new_sends_wait_for_one_to_finish() -> None:
+    """Self-clocking: with one canvas allowed at work, inputs arriving one by one
+    while it works go together in the next canvas, sent as soon as it finishes."""
+    dispatcher = RecordingDispatcher()
+
+    async def scenario() -> list[int]:
+        b = batcher(dispatcher, 8, 0.001, max_in_flight=1, hold_s=10.0)
+        first = await send_as(b, "a")
+        assert b.in_flight == 1
+        later = []
+        for key in ("b", "c", "d"):  # one by one, each far beyond the linger
+            later.append(asyncio.create_task(send_as(b, key)))
+            await asyncio.sleep(0.01)
+        assert len(dispatcher.sent) == 1  # held: the first canvas is still at work
+        first.finish()
+        first.finish()  # a second finish of the same run changes nothing
+        sent = await asyncio.gather(*later)
+        assert b.in_flight == 1  # the second canvas is at work now
+        return [s.size for s in sent]
+
+    assert asyncio.run(scenario()) == [3, 3, 3]
+    assert [canvas for canvas, _, _ in dispatcher.sent] == [
+        ("single", "a", "a"),
+        ("batch", ["b", "c", "d"]),
+    ]
+
+
+def test_a_held_send_waits_at_most_the_hold_and_a_full_batch_not_at_all() -> None:
+    dispatcher = RecordingDispatcher()
+
+    async def scenario() -> list[float]:
+        loop = asyncio.get_running_loop()
+        b = batcher(dispatcher, 3, 0.001, max_in_flight=1, hold_s=0.2)
+        await send_as(b, "a")  # at work, never finished
+        started = loop.time()
+        await handlers(b, ["b", "c", "d"])  # full: goes at once
+        full = loop.time() - started
+        await send_as(b, "e")  # held, until the hold runs out
+        return [full, loop.time() - started - full]
+
+    full, held = asyncio.run(scenario())
+    assert full < 0.1, full
+    assert held >= 0.19, held
+    assert sizes == [1, 3, 1]
+
+
+def test_a_canvas_that_could_not_be_sent_is_not_at_work() -> None:
+    dispatcher = RecordingDispatcher(fails=True)
+
+    async def scenario() -> int:
+        b = batcher(dispatcher, 8, 0.001, max_in_flight=1)
+        results = await handlers(b, ["a", "b"])
+        assert [type(r) for r in results] == [ConnectionError] * 2
+        return b.in_flight
+
+    assert asyncio.run(scenario()) == 0

@@ -308,6 +308,7 @@ class World:
         self.metrics = RelayMetrics(NAMES.metrics_prefix)
         self.before_abandon: Callable[[], None] | None = None
         self.ledger: RecordingLedger | None = None  # for the delivery being handled
+        self.batcher: Batcher[Any] | None = None  # the last run's
         self.app = OrderApplication(
             create_app(self.settings), limits(self.settings), self.settings.max_message_bytes
         )
@@ -326,6 +327,7 @@ class World:
             client = redis.asyncio.Redis.from_url(REDIS_URL, decode_responses=True)
             self.ledger = RecordingLedger(client, self.keys, self)
             limits = relay_limits(self.settings)
+            self.batcher = self._batcher()
             processor: Processor[Any] = Processor(
                 Deps(
                     app=self.app,
@@ -338,7 +340,7 @@ class World:
                     watcher=cast(Any, self.watcher),
                     dispatcher=cast(Any, self.dispatcher),
                     metrics=self.metrics,
-                    batcher=self._batcher(),
+                    batcher=self.batcher,
                 )
             )
             consumer = Consumer(
@@ -789,6 +791,7 @@ def test_a_batch_that_fails_as_a_whole_sends_each_order_alone_without_a_nak() ->
     [(kind, run, keys), *alone] = [(s.kind, s.run, s.keys) for s in w.dispatcher.sent]
     assert (kind, run, sorted(keys)) == ("batch", 1, ["order-a", "order-b"])
     assert sorted(alone) == [("workflow", 2, ("order-a",)), ("workflow", 2, ("order-b",))]
+    assert w.batcher is not None and w.batcher.in_flight == 0  # its canvas is over
     assert {p.subject for p in w.js.published} == {names.SUBJECT_COMPLETED}
     assert len(w.js.published) == 2
     retried = w.metrics.registry.get_sample_value(
@@ -818,6 +821,7 @@ def test_an_order_sent_alone_through_the_batcher_fails_on_its_own() -> None:
 
     assert msg.disposition() == "nak"
     assert w.events == ["send workflow", "nak"]
+    assert w.batcher is not None and w.batcher.in_flight == 0  # its canvas is over
 
 
 def test_workflow_error_before_the_last_delivery_is_nakd() -> None:
