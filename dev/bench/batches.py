@@ -1,12 +1,14 @@
 """The batch sizes the bridges sent during a phase, from their
 ``orders_bridge_workflow_batch_size`` histogram (group commit: one canvas for the
 new workflows of one moment). A histogram keeps buckets, not sizes: the p50 and
-the maximum are bucket bounds ("at most")."""
+the maximum are bucket bounds ("at most"). Bridges that do not batch
+(``WORKFLOW_BATCH_MAX=1``) record no batch at all."""
 
 from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Awaitable
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -14,6 +16,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from dev.bench.stack import BenchStack, metrics_text
 
 BATCH_SIZE = "orders_bridge_workflow_batch_size"
+
+
+async def measured(stack: BenchStack, measurement: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    """``measurement``'s result, with the batches the bridges sent while it ran
+    (:func:`summary`) as its ``batch_size``."""
+    before = snapshot(stack)
+    result = await measurement
+    result["batch_size"] = summary(before, snapshot(stack))
+    return result
 
 
 def snapshot(stack: BenchStack) -> Counter[str]:

@@ -18,9 +18,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from bridge.cli import _common
 from bridge.cli._common import EXIT_CONFIG, CommandError
 from dev.bench import load, procfs, report
+from dev.bench.plan import PHASES, Plan
 from dev.bench.plot import PlotUnavailable, plot, require_matplotlib
 from dev.bench.profile import ProfilerUnavailable, find_py_spy
-from dev.bench.runner import PHASES, Plan, Runner
+from dev.bench.runner import Runner
 from dev.bench.stack import PhaseFailed, ProcessFailed
 from dev.servers import ServerStartError, ServerUnavailable
 

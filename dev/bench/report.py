@@ -21,6 +21,8 @@ TARGET_RATIO_VS_NAIVE = 5.0
 TARGET_P99_OVER_P50 = 3.0
 TARGET_BRIDGE_RSS_MB = 150.0
 TARGET_REDIS_COMMANDS_PER_ORDER = 30.0
+# Light-load p50 over that of bridges with WORKFLOW_BATCH_MAX=1 in the same run.
+TARGET_LIGHT_P50_VS_UNBATCHED = 1.2
 _PACKAGES = ("celery", "kombu", "redis", "nats-py", "protobuf", "opentelemetry-sdk")
 
 
@@ -34,7 +36,9 @@ def document(
     ratio = round(pipeline / naive, 2) if pipeline and naive else None
     redis_commands = results.get("pipeline", {}).get("redis_commands") or {}
     commands_per_order = redis_commands.get("per_order")
-    p99_over_p50 = round(latency["p99"] / latency["p50"], 2) if latency and latency["p50"] else None
+    p99_over_p50 = _ratio(latency, latency, "p99", "p50")
+    light, unbatched = results.get("latency_light"), results.get("latency_light_unbatched")
+    light_vs_unbatched = _ratio(light, unbatched, "p50", "p50")
     bridge_rss = resources.get("bridge_peak_rss_mb")
     return {
         "pipeline_orders_per_s": pipeline,
@@ -46,8 +50,12 @@ def document(
         "batch_size": results.get("pipeline", {}).get("batch_size"),
         "jetstream_msgs_per_s": results.get("jetstream", {}).get("msgs_per_s"),
         "latency_ms": _latency_figures(latency),
-        "latency_light_ms": _latency_figures(results.get("latency_light")),
+        "latency_light_ms": _latency_figures(light),
+        # The same light load through bridges that do not batch (WORKFLOW_BATCH_MAX=1).
+        "latency_light_unbatched_ms": _latency_figures(unbatched),
+        "light_p50_vs_unbatched": light_vs_unbatched,
         "scaling": results.get("scaling"),
+        "burst_batch_size": resources.get("batch_size"),
         "bridge_peak_rss_mb": bridge_rss,
         "worker_peak_rss_mb": resources.get("worker_peak_rss_mb"),
         "cpu_s_per_order": resources.get("cpu_s_per_order")
@@ -57,6 +65,9 @@ def document(
         "targets": {
             "ratio_vs_naive": _target(ratio, TARGET_RATIO_VS_NAIVE, at_least=True),
             "p99_over_p50": _target(p99_over_p50, TARGET_P99_OVER_P50, at_least=False),
+            "light_p50_vs_unbatched": _target(
+                light_vs_unbatched, TARGET_LIGHT_P50_VS_UNBATCHED, at_least=False
+            ),
             "redis_commands_per_order": _target(
                 commands_per_order, TARGET_REDIS_COMMANDS_PER_ORDER, at_least=False
             ),
@@ -71,6 +82,15 @@ def document(
     }
 
 
+def _ratio(
+    top: dict[str, Any] | None, bottom: dict[str, Any] | None, top_key: str, bottom_key: str
+) -> float | None:
+    """``top[top_key] / bottom[bottom_key]`` to two places; ``None`` if either is missing."""
+    if not top or not bottom or not bottom[bottom_key]:
+        return None
+    return round(float(top[top_key]) / float(bottom[bottom_key]), 2)
+
+
 def _latency_figures(latency: dict[str, Any] | None) -> dict[str, Any] | None:
     if not latency:
         return None
@@ -83,6 +103,9 @@ def write_json(doc: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(doc, indent=2) + "\n")
 
 
+Row = tuple[str, str, str]  # measure, value, target
+
+
 def table(doc: dict[str, Any]) -> Table:
     """The headline figures, each with its target where the issue set one."""
     out = Table(title="orders-pipeline benchmark", title_justify="left")
@@ -90,79 +113,122 @@ def table(doc: dict[str, Any]) -> Table:
     out.add_column("value", justify="right")
     out.add_column("target")
     phases = doc["phases"]
-    targets = doc["targets"]
-
-    def row(measure: str, value: object, unit: str = "", target: str = "") -> None:
-        shown = "skipped" if value is None else f"{value:,}{unit}" if unit else f"{value:,}"
-        out.add_row(measure, shown, target)
-
-    row("JetStream ceiling (consume + ack)", doc["jetstream_msgs_per_s"], " msgs/s")
-    row("Celery no-op tasks (the floor)", doc["celery_noop_tasks_per_s"], " tasks/s")
-    row("naive Celery chord", doc["naive_chord_orders_per_s"], " orders/s")
-    row("pipeline at saturation", doc["pipeline_orders_per_s"], " orders/s")
-    row("pipeline / naive", doc["ratio_vs_naive"], "", _verdict(targets["ratio_vs_naive"], "≥"))
-    row(
-        "Redis commands per order (saturation)",
-        doc["redis_commands_per_order"],
-        "",
-        _verdict(targets["redis_commands_per_order"], "≤"),
-    )
-    sizes = doc["batch_size"]
-    if sizes and sizes["batches"]:
-        shown = f"mean {sizes['mean']}, p50 ≤ {sizes['p50_at_most']}, max ≤ {sizes['max_at_most']}"
-        out.add_row("batch size at saturation (orders per canvas)", shown, "")
-    for name, latency, target in (
-        ("latency", doc["latency_ms"], targets["p99_over_p50"]),
-        ("light latency", doc["latency_light_ms"], None),
+    for measure, shown, target in (
+        *_throughput_rows(doc),
+        *_latency_rows(doc),
+        *_scaling_rows(doc["scaling"]),
+        *_resource_rows(doc, phases.get("resources")),
+        *_replica_rows(phases.get("replica")),
     ):
-        if not latency:
-            row(name, None)
-            continue
-        at = f" at {latency['offered_rate']} orders/s"
-        row(f"{name} p50{at}", latency["p50"], " ms")
-        row(f"{name} p95{at}", latency["p95"], " ms")
-        verdict = _verdict(target, "p99/p50 ≤") if target else ""
-        row(f"{name} p99{at}", latency["p99"], " ms", verdict)
-    for point in doc["scaling"] or ():
-        shape = f"{point['worker_concurrency']} worker processes, {point['bridges']} bridge(s)"
-        row(f"scaling: {shape}", point["orders_per_s"], " orders/s")
-    resources = phases.get("resources")
-    if resources:
-        burst = f" ({resources['orders']:,} orders burst)"
-        row(f"bridge peak RSS{burst}", doc["bridge_peak_rss_mb"], " MB",
-            _verdict(targets["bridge_peak_rss_mb"], "<"))  # fmt: skip
-        for n, rss in enumerate(doc["worker_peak_rss_mb"], start=1):
-            row(f"worker {n} peak RSS, pool included{burst}", rss, " MB")
-    else:
-        row("peak RSS", None)
-    for role, seconds in (doc["cpu_s_per_order"] or {}).items():
-        row(f"CPU per order: {role}", round(seconds * 1000, 2), " ms")
-    for measure, shown in _replica_rows(phases.get("replica")):
-        out.add_row(measure, shown, "")
+        out.add_row(measure, shown, target)
     return out
 
 
-def _replica_rows(phase: dict[str, Any] | None) -> list[tuple[str, str]]:
+def _row(measure: str, value: object, unit: str = "", target: str = "") -> Row:
+    shown = "skipped" if value is None else f"{value:,}{unit}" if unit else f"{value:,}"
+    return (measure, shown, target)
+
+
+def _sizes(sizes: dict[str, Any] | None) -> str | None:
+    """A phase's batch sizes (:func:`dev.bench.batches.summary`) in one cell."""
+    if not sizes:
+        return None
+    if not sizes["batches"]:
+        return "no batches"
+    return f"mean {sizes['mean']}, p50 ≤ {sizes['p50_at_most']}, max ≤ {sizes['max_at_most']}"
+
+
+def _throughput_rows(doc: dict[str, Any]) -> list[Row]:
+    targets = doc["targets"]
+    rows = [
+        _row("JetStream ceiling (consume + ack)", doc["jetstream_msgs_per_s"], " msgs/s"),
+        _row("Celery no-op tasks (the floor)", doc["celery_noop_tasks_per_s"], " tasks/s"),
+        _row("naive Celery chord", doc["naive_chord_orders_per_s"], " orders/s"),
+        _row("pipeline at saturation", doc["pipeline_orders_per_s"], " orders/s"),
+        _row(
+            "pipeline / naive", doc["ratio_vs_naive"], "", _verdict(targets["ratio_vs_naive"], "≥")
+        ),
+        _row(
+            "Redis commands per order (saturation)",
+            doc["redis_commands_per_order"],
+            "",
+            _verdict(targets["redis_commands_per_order"], "≤"),
+        ),
+    ]
+    if shown := _sizes(doc["batch_size"]):
+        rows.append(("batch size at saturation (orders per canvas)", shown, ""))
+    return rows
+
+
+def _latency_rows(doc: dict[str, Any]) -> list[Row]:
+    targets = doc["targets"]
+    rows: list[Row] = []
+    for name, latency, target in (
+        ("latency", doc["latency_ms"], targets["p99_over_p50"]),
+        ("light latency", doc["latency_light_ms"], None),
+        ("light latency, WORKFLOW_BATCH_MAX=1", doc["latency_light_unbatched_ms"], None),
+    ):
+        if not latency:
+            rows.append(_row(name, None))
+            continue
+        at = f" at {latency['offered_rate']} orders/s"
+        rows.append(_row(f"{name} p50{at}", latency["p50"], " ms"))
+        rows.append(_row(f"{name} p95{at}", latency["p95"], " ms"))
+        verdict = _verdict(target, "p99/p50 ≤") if target else ""
+        rows.append(_row(f"{name} p99{at}", latency["p99"], " ms", verdict))
+    ratio, target = doc["light_p50_vs_unbatched"], targets["light_p50_vs_unbatched"]
+    rows.append(_row("light p50 / p50 with WORKFLOW_BATCH_MAX=1", ratio, "", _verdict(target, "≤")))
+    return rows
+
+
+def _scaling_rows(scaling: list[dict[str, Any]] | None) -> list[Row]:
+    rows: list[Row] = []
+    for point in scaling or ():
+        shape = f"{point['worker_concurrency']} worker processes, {point['bridges']} bridge(s)"
+        rows.append(_row(f"scaling: {shape}", point["orders_per_s"], " orders/s"))
+        if shown := _sizes(point.get("batch_size")):
+            rows.append(("  its batch sizes (orders per canvas)", shown, ""))
+    return rows
+
+
+def _resource_rows(doc: dict[str, Any], resources: dict[str, Any] | None) -> list[Row]:
+    if not resources:
+        rows = [_row("peak RSS", None)]
+    else:
+        burst = f" ({resources['orders']:,} orders burst)"
+        rss = _verdict(doc["targets"]["bridge_peak_rss_mb"], "<")
+        rows = [_row(f"bridge peak RSS{burst}", doc["bridge_peak_rss_mb"], " MB", rss)]
+        for n, worker_rss in enumerate(doc["worker_peak_rss_mb"], start=1):
+            rows.append(_row(f"worker {n} peak RSS, pool included{burst}", worker_rss, " MB"))
+        if shown := _sizes(doc.get("burst_batch_size")):
+            rows.append((f"batch size{burst}", shown, ""))
+    for role, seconds in (doc["cpu_s_per_order"] or {}).items():
+        rows.append(_row(f"CPU per order: {role}", round(seconds * 1000, 2), " ms"))
+    return rows
+
+
+def _replica_rows(phase: dict[str, Any] | None) -> list[Row]:
     """Each run of the replica phase in three rows (throughput, its WAITs, latency at
     a light rate), then the throughput ratio; already formatted, as some pair figures."""
     if not phase:
-        return [("Redis replica, REDIS_WAIT_REPLICAS", "skipped")]
-    rows: list[tuple[str, str]] = []
+        return [("Redis replica, REDIS_WAIT_REPLICAS", "skipped", "")]
+    rows: list[Row] = []
     for name in ("off", "auto"):
         run = phase[name]
         setting = f"REDIS_WAIT_REPLICAS={run['redis_wait_replicas']}"
-        rows.append((f"1 Redis replica, {setting}", f"{run['orders_per_s']:,} orders/s"))
+        rows.append((f"1 Redis replica, {setting}", f"{run['orders_per_s']:,} orders/s", ""))
         wait = run["wait"]
         waits = (
             f"{wait['round_trips']:,} x {wait['mean_ms']} ms, {wait['orders_per_wait']} orders each"
             if wait["round_trips"]
             else "none"
         )
-        rows.append(("  its WAITs in the burst", waits))
+        rows.append(("  its WAITs in the burst", waits, ""))
         if latency := run.get("latency"):
             figures = f"{latency['p50']} / {latency['p99']} ms"
-            rows.append((f"  its latency p50 / p99 at {latency['offered_rate']} orders/s", figures))
-    rows.append(("1 Redis replica: throughput auto / 0", f"{phase['ratio_auto_vs_off']}"))
+            at = f"at {latency['offered_rate']} orders/s"
+            rows.append((f"  its latency p50 / p99 {at}", figures, ""))
+    rows.append(("1 Redis replica: throughput auto / 0", f"{phase['ratio_auto_vs_off']}", ""))
     return rows
 
 

@@ -4,6 +4,9 @@ Each pipeline phase starts fresh processes (so a process's peak memory is that
 phase's), warms them up with a few orders that are not timed, measures, and
 stops them. Every phase has its own order ids; the servers are shared. The
 replica phase, last, attaches a Redis replica for itself and detaches it after.
+The light load of the latency phase is offered twice, each time to fresh
+processes: bridges as configured, then bridges that send every order alone
+(``WORKFLOW_BATCH_MAX=1``), so that group commit's cost at a light load shows.
 """
 
 from __future__ import annotations
@@ -12,77 +15,15 @@ import asyncio
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from nats.js import JetStreamContext
 
-from bridge.settings import BridgeSettings
 from dev.bench import batches, commandstats, load, profile
 from dev.bench.phases import jetstream, naive_chord, pipeline, replica, resources
-from dev.bench.stack import BENCH_ENV, BenchStack
-
-PHASES = ("jetstream", "noop", "naive", "pipeline", "latency", "scaling", "resources", "replica")
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How big each phase is."""
-
-    orders: int = 2000  # the naive burst, the pipeline burst and each scaling point
-    js_messages: int = 20_000
-    latency_seconds: float = 20.0
-    latency_fraction: float = 0.7  # of the pipeline's peak, unless latency_rate is set
-    latency_rate: float | None = None
-    # A light load, where a batch is one order: its latency is a single order's.
-    light_rate: float = 10.0
-    burst: int = 10_000  # orders in flight for the resources phase
-    warmup: int = 50  # untimed orders through fresh processes
-    concurrency: int = 2  # prefork children of the worker, as Celery's default here
-    scaling: tuple[int, ...] = (1, 2, 4)
-    bridges: int = 2  # the second scaling axis
-    # Light: what the replica phase's latency shows is the WAIT's, not queueing's.
-    replica_latency_rate: float = 10.0
-    sample_interval_s: float = 1.0
-    skip: frozenset[str] = field(default_factory=frozenset)
-    profile_dir: Path | None = None
-
-    @classmethod
-    def quick(cls) -> Plan:
-        """Tiny sizes: every phase runs, in well under a minute."""
-        return cls(
-            orders=40,
-            js_messages=2000,
-            latency_seconds=3.0,
-            burst=150,
-            warmup=5,
-            sample_interval_s=0.25,
-        )
-
-    def sized(self, **changes: Any) -> Plan:
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
-
-    def parameters(self) -> dict[str, object]:
-        values = asdict(self)
-        values["skip"] = sorted(self.skip)
-        values["profile_dir"] = str(self.profile_dir) if self.profile_dir else None
-        values["scaling"] = list(self.scaling)
-        values["scaling_mode"] = (
-            "one orders-worker with prefork concurrency C (C pool processes), one bridge; "
-            f"then {self.bridges} bridges with concurrency {self.concurrency}"
-        )
-        values["bridge_fetch_batch"] = _default("bridge_fetch_batch")
-        values["bridge_max_in_flight"] = _default("bridge_max_in_flight")
-        values["pipeline_worker"] = f"orders-worker --pool prefork --concurrency {self.concurrency}"
-        values["naive_worker"] = f"celery worker --pool prefork --concurrency {self.concurrency}"
-        values["process_env"] = dict(BENCH_ENV)
-        values["replica_phase"] = (
-            f"{replica.REPLICAS} Redis replica attached; bridges with "
-            + ", then ".join(f"REDIS_WAIT_REPLICAS={v}" for v in replica.MODES.values())
-        )
-        values["tracing"] = "OTEL_* unset: spans recorded, not exported"
-        return values
+from dev.bench.plan import UNBATCHED_ENV, Plan, default_setting
+from dev.bench.stack import BenchStack
 
 
 class Display(Protocol):
@@ -114,6 +55,8 @@ class Runner:
                 self._naive()
             if self._wanted("pipeline") or self._wanted("latency"):
                 self._with_pipeline(self.plan.concurrency, 1, self._pipeline)
+            if self._wanted("latency"):
+                self._light_latencies()
             if self._wanted("scaling"):
                 self._scaling()
             if self._wanted("resources"):
@@ -128,7 +71,9 @@ class Runner:
         batch = self._batch("js", self.plan.js_messages)
         with self.display.phase("JetStream ceiling: consume + ack", len(batch)) as progress:
             result = asyncio.run(
-                jetstream.run(self.stack.nats.url, batch, _default("bridge_fetch_batch"), progress)
+                jetstream.run(
+                    self.stack.nats.url, batch, default_setting("bridge_fetch_batch"), progress
+                )
             )
         self.results["jetstream"] = result
         self.display.note(f"JetStream ceiling: {result['msgs_per_s']:,} msgs/s")
@@ -178,14 +123,13 @@ class Runner:
     async def _pipeline(self, js: JetStreamContext) -> None:
         if self._wanted("pipeline"):
             redis_url = self.stack.redis.url
-            before, sizes_before = commandstats.snapshot(redis_url), batches.snapshot(self.stack)
+            before = commandstats.snapshot(redis_url)
             result = await self._throughput(
                 js, "pipeline", f"pipeline ({self._shape(self.plan.concurrency, 1)})", profiled=True
             )
             result["redis_commands"] = commandstats.per_order(
                 before, commandstats.snapshot(redis_url), result["orders"]
             )
-            result["batch_size"] = batches.summary(sizes_before, batches.snapshot(self.stack))
             self.results["pipeline"] = result
             self.display.note(
                 f"pipeline: {result['orders_per_s']:,} orders/s, "
@@ -194,7 +138,6 @@ class Runner:
             )
         if self._wanted("latency"):
             await self._latency(js)
-            await self._light_latency(js)
 
     async def _latency(self, js: JetStreamContext) -> None:
         rate = self.plan.latency_rate
@@ -211,14 +154,27 @@ class Runner:
             f"p95 {result['p95']} ms, p99 {result['p99']} ms"
         )
 
-    async def _light_latency(self, js: JetStreamContext) -> None:
-        rate = self.plan.light_rate
-        result = await self._latency_at(js, "light", rate, f"latency at {rate:g} orders/s")
-        self.results["latency_light"] = result
-        self.display.note(
-            f"latency at {result['offered_rate']} orders/s: p50 {result['p50']} ms, "
-            f"p99 {result['p99']} ms"
+    def _light_latencies(self) -> None:
+        """The light load, offered to fresh processes twice: bridges as configured,
+        then bridges that send every order to Celery alone (:data:`UNBATCHED_ENV`),
+        the same way, so that the two compare group commit's cost and nothing else."""
+        self.results["latency_light"] = self._light_latency("light", {})
+        self.results["latency_light_unbatched"] = self._light_latency(
+            "light-unbatched", UNBATCHED_ENV
         )
+
+    def _light_latency(self, ids: str, env: Mapping[str, str]) -> dict[str, Any]:
+        rate = self.plan.light_rate
+        setting = "".join(f", {k}={v}" for k, v in env.items())
+        description = f"latency at {rate:g} orders/s{setting}"
+        found: dict[str, Any] = {"bridge_env": dict(env)}
+
+        async def measure(js: JetStreamContext) -> None:
+            found.update(await self._latency_at(js, ids, rate, description))
+
+        self._with_pipeline(self.plan.concurrency, 1, measure, bridge_env=env)
+        self.display.note(f"{description}: p50 {found['p50']} ms, p99 {found['p99']} ms")
+        return found
 
     def _scaling(self) -> None:
         shapes = [(c, 1) for c in self.plan.scaling] + [(self.plan.concurrency, self.plan.bridges)]
@@ -236,10 +192,13 @@ class Runner:
                     "orders_per_s": point["orders_per_s"],
                     "orders": point["orders"],
                     "cpu_s_per_order": point["cpu_s_per_order"],
+                    "batch_size": point["batch_size"],
                 }
             )
-            shape = self._shape(concurrency, bridges)
-            self.display.note(f"{shape}: {point['orders_per_s']:,} orders/s")
+            shape, mean = self._shape(concurrency, bridges), point["batch_size"]["mean"]
+            self.display.note(
+                f"{shape}: {point['orders_per_s']:,} orders/s, batches of {mean} on average"
+            )
         self.results["scaling"] = points
 
     def _scale_point(self, concurrency: int, bridges: int) -> dict[str, Any]:
@@ -255,18 +214,15 @@ class Runner:
     async def _resources(self, js: JetStreamContext) -> None:
         batch = self._batch("burst", self.plan.burst)
         with self.display.phase(f"{len(batch):,} orders in flight", len(batch)) as progress:
-            result = await resources.run(
-                js,
-                self.stack,
-                batch,
-                self.plan.sample_interval_s,
-                progress,
-                self._timeout(len(batch)),
+            interval, timeout = self.plan.sample_interval_s, self._timeout(len(batch))
+            result = await batches.measured(
+                self.stack, resources.run(js, self.stack, batch, interval, progress, timeout)
             )
         self.results["resources"] = result
         self.display.note(
             f"{len(batch):,} in flight: bridge peak RSS {result['bridge_peak_rss_mb']} MB, "
-            f"worker peak RSS {result['worker_peak_rss_mb']} MB"
+            f"worker peak RSS {result['worker_peak_rss_mb']} MB, "
+            f"batches of {result['batch_size']['mean']} on average"
         )
 
     def _replica(self) -> None:
@@ -307,17 +263,20 @@ class Runner:
     async def _latency_at(
         self, js: JetStreamContext, tag: str, rate: float, description: str
     ) -> dict[str, Any]:
-        """Orders offered at ``rate`` for the plan's latency duration."""
+        """Orders offered at ``rate`` for the plan's latency duration; with the
+        batches the bridges sent meanwhile."""
         count = max(2, round(rate * self.plan.latency_seconds))
         batch = self._batch(tag, count)
         with self.display.phase(description, count) as progress:
-            return await pipeline.latency(
+            measurement = pipeline.latency(
                 js, self.stack, batch, rate, progress, self._timeout(count)
             )
+            return await batches.measured(self.stack, measurement)
 
     async def _throughput(
         self, js: JetStreamContext, tag: str, description: str, *, profiled: bool = False
     ) -> dict[str, Any]:
+        """A burst of the plan's size; with the batches the bridges sent meanwhile."""
         batch = self._batch(tag, self.plan.orders)
         recorder: AbstractContextManager[Any] = nullcontext()
         if profiled and self.plan.profile_dir is not None:
@@ -326,9 +285,10 @@ class Runner:
                 {"bridge": self.stack.bridges[0].pid, "worker": self.stack.workers[0].pid},
             )
         with self.display.phase(description, len(batch)) as progress, recorder as folded:
-            result = await pipeline.throughput(
+            measurement = pipeline.throughput(
                 js, self.stack, batch, progress, self._timeout(len(batch))
             )
+            result = await batches.measured(self.stack, measurement)
         if folded:
             result["profiled"] = True
             result["profile"] = {name: profile.top_functions(path) for name, path in folded.items()}
@@ -381,8 +341,3 @@ class Runner:
     def _timeout(orders: int) -> float:
         # Generous: a machine ten times slower than this one still finishes.
         return 120.0 + orders / 2.0
-
-
-def _default(setting: str) -> Any:
-    """A pipeline setting's default: what the benchmark's processes run with."""
-    return BridgeSettings.model_fields[setting].default

@@ -20,7 +20,8 @@ import pytest
 
 pytestmark = [pytest.mark.e2e]
 
-# About a minute on an idle machine; the replica phase adds two pipeline runs.
+# About a minute on an idle machine; the replica phase adds two pipeline runs, the
+# light latency with WORKFLOW_BATCH_MAX=1 one more.
 RUN_TIMEOUT_S = 300.0
 _ORDERS = Path(sys.executable).parent / "orders"
 
@@ -84,6 +85,9 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     for key in ("p50", "p95", "p99", "offered_rate"):
         assert _positive(doc["latency_ms"][key]), (key, doc["latency_ms"])
         assert _positive(doc["latency_light_ms"][key]), (key, doc["latency_light_ms"])
+        unbatched = doc["latency_light_unbatched_ms"]
+        assert _positive(unbatched[key]), (key, unbatched)
+    _check_unbatched(doc)
     # Counted by the server: the pipeline's scripts and kombu's queue commands among them.
     sizes = doc["batch_size"]
     assert sizes["orders"] >= doc["parameters"]["orders"] and _positive(sizes["mean"]), sizes
@@ -93,6 +97,9 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     shapes = {(p["worker_concurrency"], p["bridges"]) for p in doc["scaling"]}
     assert shapes == {(1, 1), (2, 1), (4, 1), (2, 2)}
     assert all(_positive(p["orders_per_s"]) for p in doc["scaling"]), doc["scaling"]
+    for point in doc["scaling"]:
+        _check_batches(point["batch_size"], doc["parameters"]["orders"])
+    _check_batches(doc["burst_batch_size"], doc["parameters"]["burst"])
     assert all(_positive(rss) for rss in doc["worker_peak_rss_mb"])
     assert _positive(doc["cpu_s_per_order"]["workers"])
     assert doc["machine"]["cpu_count"] == os.cpu_count()
@@ -101,8 +108,26 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     _check_replica(doc)
     assert "pipeline at saturation" in run.stdout  # the table
     assert "REDIS_WAIT_REPLICAS=auto" in run.stdout
+    assert "WORKFLOW_BATCH_MAX=1" in run.stdout
     if can_plot:
         assert plot.stat().st_size > 10_000
+
+
+def _check_batches(sizes: dict[str, Any], orders: int) -> None:
+    """A burst's batch sizes: every order of it sent in one."""
+    assert sizes["orders"] >= orders and sizes["batches"] > 0, sizes
+    assert _positive(sizes["mean"]) and _positive(sizes["max_at_most"]), sizes
+
+
+def _check_unbatched(doc: dict[str, Any]) -> None:
+    """The light latency's baseline ran with bridges that sent no batch of two or
+    more, and its ratio to the batched light latency is reported against 1.2."""
+    phase = doc["phases"]["latency_light_unbatched"]
+    assert phase["bridge_env"] == {"WORKFLOW_BATCH_MAX": "1"}, phase["bridge_env"]
+    assert phase["batch_size"]["max_at_most"] in (None, 1), phase["batch_size"]
+    assert _positive(doc["light_p50_vs_unbatched"]), doc["light_p50_vs_unbatched"]
+    target = doc["targets"]["light_p50_vs_unbatched"]
+    assert target["bound"] == 1.2 and target["value"] == doc["light_p50_vs_unbatched"], target
 
 
 def _check_replica(doc: dict[str, Any]) -> None:
