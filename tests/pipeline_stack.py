@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from typing import Any
 import nats
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo
+from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import codec
 from dev import outcomes, procs
@@ -270,6 +272,24 @@ class Pipeline:
 
     def stock(self, sku: str) -> int:
         return self.inventory.available([sku])[sku]
+
+    # --- the bridge's metrics ---------------------------------------------------------
+
+    def batch_sizes(self) -> dict[str, float]:
+        """``sum`` (orders) and ``count`` (canvases) of the bridge's batch histogram."""
+        url = f"http://127.0.0.1:{self.stack.port}/metrics"
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(url, timeout=5) as response:
+            text = response.read().decode()
+        found: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            if family.name == "orders_bridge_workflow_batch_size":
+                for sample in family.samples:
+                    if sample.name.endswith("_sum"):
+                        found["sum"] = sample.value
+                    elif sample.name.endswith("_count"):
+                        found["count"] = sample.value
+        return found
 
 
 @contextlib.contextmanager

@@ -7,14 +7,12 @@ first fetch holds all of them (a batch is the new workflows of one fetch).
 
 from __future__ import annotations
 
-import urllib.request
 import uuid
 from collections.abc import Iterator
 
 import pytest
 from orders_builder import order
 from pipeline_stack import Pipeline, pipeline_of_its_own
-from prometheus_client.parser import text_string_to_metric_families
 
 from orders.adapters import redis_keys
 from orders.domain.model import FailureReason, OutcomeKind
@@ -71,7 +69,7 @@ def test_a_mixed_batch_ends_each_order_once_on_its_own(pipeline: Pipeline) -> No
     assert pipeline.stock(sku) == 1000 - VALID
     assert pipeline.stock(scarce) == 0
 
-    sizes = _batch_sizes(pipeline)
+    sizes = pipeline.batch_sizes()
     worked = VALID + DECLINED + OUT_OF_STOCK
     assert sizes["sum"] == worked  # every order the workers saw was sent once, new
     assert sizes["count"] < worked, sizes  # in fewer canvases than orders
@@ -85,19 +83,3 @@ def _split_key(pipeline: Pipeline, order_id: str) -> str:
     view = pipeline.status(order_id)
     assert view is not None
     return redis_keys.split(order_id, view.epoch, 1)
-
-
-def _batch_sizes(pipeline: Pipeline) -> dict[str, float]:
-    url = f"http://127.0.0.1:{pipeline.stack.port}/metrics"
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(url, timeout=5) as response:
-        text = response.read().decode()
-    found: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name == "orders_bridge_workflow_batch_size":
-            for sample in family.samples:
-                if sample.name.endswith("_sum"):
-                    found["sum"] = sample.value
-                elif sample.name.endswith("_count"):
-                    found["count"] = sample.value
-    return found
