@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 
 from bridge.cli import _common
 from bridge.cli._common import EXIT_CONFIG, CommandError
+from bridge.settings import BridgeSettings
 from dev.bench import load, procfs, report
 from dev.bench.plan import PHASES, Plan
 from dev.bench.plot import PlotUnavailable, plot, require_matplotlib
@@ -118,6 +119,15 @@ class _RichDisplay:
     help="Profile the bridge and worker with py-spy during the pipeline phase (slows it).",
 )
 @click.option(
+    "--bridge-setting",
+    "bridge_settings",
+    multiple=True,
+    metavar="NAME=VALUE",
+    callback=lambda ctx, param, values: _bridge_settings(values),
+    help="A bridge setting for every phase, e.g. WORKFLOW_BATCH_MAX=16 (repeatable): "
+    "to measure a setting against its default.",
+)
+@click.option(
     "--log-dir",
     type=click.Path(file_okay=False, path_type=Path),
     help="Keep the servers' and processes' logs here [a temporary directory, removed on success].",
@@ -134,6 +144,7 @@ def bench(
     json_path: Path,
     plot_path: Path | None,
     profile_dir: Path | None,
+    bridge_settings: tuple[tuple[str, str], ...],
     log_dir: Path | None,
 ) -> None:  # fmt: skip
     """Benchmark the pipeline on this machine, with servers and processes of its own.
@@ -156,6 +167,7 @@ def bench(
         concurrency=concurrency,
         skip=frozenset(skip),
         profile_dir=profile_dir,
+        bridge_env=bridge_settings or None,
     )
     console = Console(stderr=True)
     keep_logs = log_dir is not None
@@ -172,6 +184,19 @@ def bench(
     _report(report.document(results, parameters, procfs.machine()), json_path, plot_path)
     if not keep_logs:
         shutil.rmtree(logs, ignore_errors=True)
+
+
+def _bridge_settings(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """``NAME=VALUE`` pairs, each a setting the bridge reads (a typo would otherwise
+    measure the default and say it measured the setting)."""
+    known = {name.upper() for name in BridgeSettings.model_fields}
+    pairs = []
+    for value in values:
+        name, sep, setting = value.partition("=")
+        if not sep or name.upper() not in known:
+            raise click.BadParameter(f"{value!r} is not NAME=VALUE with a bridge setting's name")
+        pairs.append((name.upper(), setting))
+    return tuple(pairs)
 
 
 def _require_tools(plot_path: Path | None, profile_dir: Path | None) -> None:

@@ -39,6 +39,9 @@ class Plan:
     sample_interval_s: float = 1.0
     skip: frozenset[str] = field(default_factory=frozenset)
     profile_dir: Path | None = None
+    # Bridge settings every phase's bridges run with (``--bridge-setting``), under
+    # what a phase sets itself (the unbatched light run, the replica modes).
+    bridge_env: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def quick(cls) -> Plan:
@@ -66,7 +69,14 @@ class Plan:
         )
         values["bridge_fetch_batch"] = default_setting("bridge_fetch_batch")
         values["bridge_max_in_flight"] = default_setting("bridge_max_in_flight")
-        values["workflow_batch_max"] = default_setting("workflow_batch_max")
+        for name in (
+            "workflow_batch_max",
+            "workflow_batch_linger_ms",
+            "workflow_batches_in_flight",
+            "workflow_batch_hold_ms",
+        ):
+            values[name] = default_setting(name)
+        values["bridge_env"] = dict(self.bridge_env)
         values["light_unbatched"] = (
             f"{self.light_rate:g} orders/s for {self.latency_seconds:g} s again, fresh "
             "processes, bridges with " + ", ".join(f"{k}={v}" for k, v in UNBATCHED_ENV.items())

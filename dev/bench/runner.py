@@ -303,7 +303,8 @@ class Runner:
     ) -> None:
         """Fresh processes of the given shape, warmed up, then ``work``; stopped after.
         ``bridge_env`` is added to the bridges' environment."""
-        self.stack.start_pipeline(concurrency=concurrency, bridges=bridges, bridge_env=bridge_env)
+        env = {**dict(self.plan.bridge_env), **(bridge_env or {})}
+        self.stack.start_pipeline(concurrency=concurrency, bridges=bridges, bridge_env=env)
         try:
             asyncio.run(self._warm_then(work))
         finally:
