@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install lock run test test-quick test-fast test-faults bench lint typecheck format proto screenshot clean
+.PHONY: install lock run test test-quick test-fast test-faults bench lint typecheck format proto contract screenshot clean
 
 install: $(STAMP)
 
@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml requirements/dev.lock
 run: install
 	$(BIN)/orders run
 
-## The whole suite: unit, integration and end-to-end tests against real servers.
+## The whole suite: unit, integration and end-to-end tests against real servers. It
+## includes `make contract`'s checks: pytest collects the same tests (tests/unit/test_contract_*.py).
 test: install
 	$(BIN)/python -m pytest
 
@@ -61,6 +62,19 @@ format: install
 ## Regenerate the committed protobuf code from proto/ (a test checks they match).
 proto: install
 	$(BIN)/python -m grpc_tools.protoc --plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy -I proto --python_out=bridge/pb --mypy_out=bridge/pb proto/orders/v1/orders.proto
+
+## The NATS contract as its ecosystem reads it (README, The external contract): buf lint,
+## format and breaking (against proto/baseline/orders-v1.json, the released orders.v1) over
+## proto/, then the tests that run those checks, prove the breaking check catches a
+## renumbered or retyped field, validate asyncapi.yaml against the AsyncAPI 3.0 schema,
+## check every name in it against the code, and compare bridge/pb with `make proto`'s
+## output. `make test` (and so .ci/run) runs the same tests.
+contract: install
+	$(BIN)/buf lint proto
+	$(BIN)/buf format proto --diff --exit-code
+	$(BIN)/buf breaking proto --against proto/baseline/orders-v1.json
+	$(BIN)/python -m pytest -q tests/unit/test_contract_buf.py tests/unit/test_contract_asyncapi.py \
+		tests/unit/test_proto_generated.py
 
 ## Flower's tasks and workers pages as docs/flower-*.png, from a `make run` with its demo
 ## orders (needs Chromium: apt-get install chromium).
