@@ -193,7 +193,7 @@ def test_a_held_send_waits_at_most_the_hold_and_a_full_batch_not_at_all() -> Non
 
     async def scenario() -> list[float]:
         loop = asyncio.get_running_loop()
-        b = batcher(dispatcher, 3, 0.001, max_in_flight=1, hold_s=0.2)
+        b = batcher(dispatcher, 3, 0.001, max_in_flight=1, hold_s=1.0)
         await send_as(b, "a")  # at work, never finished
         started = loop.time()
         await handlers(b, ["b", "c", "d"])  # full: goes at once
@@ -202,8 +202,8 @@ def test_a_held_send_waits_at_most_the_hold_and_a_full_batch_not_at_all() -> Non
         return [full, loop.time() - started - full]
 
     full, held = asyncio.run(scenario())
-    assert full < 0.1, full
-    assert held >= 0.19, held
+    assert full < 0.5, full  # far below the hold, even on a busy machine
+    assert held >= 0.99, held
     assert sizes == [1, 3, 1]
 
 
