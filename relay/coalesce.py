@@ -22,10 +22,16 @@ R = TypeVar("R")
 
 class Coalescer(Generic[K, R]):
     def __init__(
-        self, call: Callable[[list[K]], Awaitable[Sequence[R]]], *, max_batch: int, name: str
+        self,
+        call: Callable[[list[K]], Awaitable[Sequence[R | Exception]]],
+        *,
+        max_batch: int,
+        name: str,
     ) -> None:
-        """``call`` answers a list of requests with one result per request, in order;
-        an exception it raises is every request's."""
+        """``call`` answers a list of requests with one result per request, in order.
+        A result that is an exception is that request's alone (a fault of one entry
+        must not fail the others asked with it); an exception ``call`` raises is
+        every request's (the server was unreachable for all of them)."""
         self._call = call
         self._max_batch = max_batch
         self._name = name
@@ -50,6 +56,11 @@ class Coalescer(Generic[K, R]):
             while self._pending:
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
+                # A caller cancelled while it waited (shutdown) is not asked for: a
+                # ledger `begin` would start a run that nobody sends.
+                batch = [(request, future) for request, future in batch if not future.done()]
+                if not batch:
+                    continue
                 try:
                     results = await self._call([request for request, _ in batch])
                     if len(results) != len(batch):
@@ -62,7 +73,11 @@ class Coalescer(Generic[K, R]):
                             future.set_exception(exc)
                     continue
                 for (_, future), result in zip(batch, results, strict=True):
-                    if not future.done():  # its caller was cancelled meanwhile
+                    if future.done():  # its caller was cancelled meanwhile
+                        continue
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
                         future.set_result(result)
         finally:
             for _, future in batch:  # cancelled mid-call (shutdown)

@@ -105,7 +105,9 @@ def entry_from(key: str, fields: dict[str, str]) -> Entry | None:
     )
 
 
-def _begin(reply: list[Any]) -> Begin:
+def _begin(reply: list[Any]) -> Begin | redis.exceptions.ResponseError:
+    if reply[0] == "failed":  # this entry alone (begin.lua)
+        return redis.exceptions.ResponseError(reply[3])
     return Begin(
         next=Next(reply[0]),
         epoch=int(reply[1]),
@@ -197,9 +199,16 @@ class Ledger:
 class Confirmed:
     """What :meth:`AsyncLedger.confirm` read and how far it is replicated."""
 
-    entries: list[Entry | None]
+    # Per key: its entry, None when there is none, or the error of that key alone.
+    entries: list[Entry | redis.exceptions.ResponseError | None]
     acked: int  # replicas that acknowledged (the number asked when none were)
     fsynced: bool  # the primary's fsync was confirmed (``True`` when not asked)
+
+
+def _confirmed_entry(key: str, flat: list[Any]) -> Entry | redis.exceptions.ResponseError | None:
+    if flat and flat[0] is None:  # this entry alone could not be read (confirm.lua)
+        return redis.exceptions.ResponseError(flat[1])
+    return entry_from(key, dict(zip(flat[::2], flat[1::2], strict=True)))
 
 
 # A begin asked: key, stall ms, mode, input, server, known epoch, known run.
@@ -250,7 +259,7 @@ class AsyncLedger:
             (key, int(stall_timeout_s * 1000), mode, input, server, known[0], known[1])
         )
 
-    async def _begin_many(self, asks: list[_Ask]) -> list[Begin]:
+    async def _begin_many(self, asks: list[_Ask]) -> list[Begin | redis.exceptions.ResponseError]:
         replies = await self._begin(
             keys=[self.keys.entry(ask[0]) for ask in asks],
             args=[arg for ask in asks for arg in ask[1:]],
@@ -288,10 +297,7 @@ class AsyncLedger:
             # A server that never saw the script: one that was failed over to.
             await self.redis.script_load(script("confirm"))
             replies = await self._confirm_round_trip(keys, write, replicas, aof, timeout_ms)
-        entries = [
-            entry_from(key, dict(zip(flat[::2], flat[1::2], strict=True)))
-            for key, flat in zip(keys, replies[0], strict=True)
-        ]
+        entries = [_confirmed_entry(key, flat) for key, flat in zip(keys, replies[0], strict=True)]
         rest = replies[1:]
         acked = int(rest.pop(0)) if replicas > 0 else replicas
         fsynced = bool(int(rest.pop(0)[0])) if aof else True
@@ -318,12 +324,12 @@ class AsyncLedger:
     async def mark_published(self, key: str, label: str) -> None:
         await self._publishes((key, label))
 
-    async def _mark_published_many(self, marks: list[tuple[str, str]]) -> list[None]:
+    async def _mark_published_many(self, marks: list[tuple[str, str]]) -> list[Any]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for key, label in marks:
                 pipe.hset(self.keys.entry(key), "published", label or "1")
-            await pipe.execute()
-        return [None] * len(marks)
+            # A mark that fails (a key of another type) is that entry's error alone.
+            return list(await pipe.execute(raise_on_error=False))
 
     async def entry(self, key: str) -> Entry | None:
         return entry_from(key, decoded_hash(await self.redis.hgetall(self.keys.entry(key))))

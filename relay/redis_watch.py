@@ -172,7 +172,7 @@ class OutcomeBarrier:
         they do not acknowledge within ``REDIS_WAIT_TIMEOUT_MS``, and Redis errors."""
         return await self._confirms(key)
 
-    async def _confirm_many(self, keys: list[str]) -> list[Entry | None]:
+    async def _confirm_many(self, keys: list[str]) -> list[Entry | ResponseError | None]:
         replicas = self._watch.replicas_to_wait_for
         aof = self._want_aof and self._watch.waitaof
         started = time.monotonic()

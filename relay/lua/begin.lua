@@ -23,7 +23,8 @@
 -- ARGV: per entry: stall ms, mode ('deliver' | 'poll' | 'resend'), input, server,
 --       known epoch, known run
 -- Reply: per entry {next, epoch, run, error, stored input (start and attach),
---        cause of a start ('new', 'retry', 'stalled', 'failover')}
+--        cause of a start ('new', 'retry', 'stalled', 'failover')}, or
+--        {'failed', 0, 0, why}
 local function decide(h, stall_ms, mode, input, server, known_epoch, known_run)
   local f = redis.call('HMGET', h, 'published', 'outcome', 'dead', 'error', 'updated_ms',
                        'epoch', 'run', 'sent_on', 'input')
@@ -71,10 +72,17 @@ local function decide(h, stall_ms, mode, input, server, known_epoch, known_run)
   return {'attach', epoch, run, '', stored}
 end
 
+-- An entry that cannot be decided (a key of another type, a corrupt field) fails
+-- alone: {'failed', 0, 0, why}; the others asked with it are decided as usual.
 local replies = {}
 for i, h in ipairs(KEYS) do
   local a = (i - 1) * 6
-  replies[i] = decide(h, tonumber(ARGV[a + 1]), ARGV[a + 2], ARGV[a + 3], ARGV[a + 4],
-                      tonumber(ARGV[a + 5]) or 0, tonumber(ARGV[a + 6]) or 0)
+  local ok, reply = pcall(decide, h, tonumber(ARGV[a + 1]), ARGV[a + 2], ARGV[a + 3],
+                          ARGV[a + 4], tonumber(ARGV[a + 5]) or 0, tonumber(ARGV[a + 6]) or 0)
+  if ok then
+    replies[i] = reply
+  else
+    replies[i] = {'failed', 0, 0, type(reply) == 'table' and reply.err or tostring(reply)}
+  end
 end
 return replies

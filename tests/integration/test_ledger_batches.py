@@ -208,6 +208,57 @@ def test_published_marks_of_one_moment_are_each_written(
     assert marks == ["completed", "1", "failed"]
 
 
+# --- one entry's fault stays its own ----------------------------------------------
+
+
+def test_an_entry_that_cannot_be_read_fails_alone_in_a_coalesced_call(
+    client: redis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fetch's begins share one script call: a key of another type among them (an
+    operator's mistake, a corrupt key) fails that delivery alone, never its fetch."""
+    keys = own_keys()
+    client.set(keys.entry("wrong"), "a string, not a hash")
+    names = ("a", "wrong", "b")
+    calls: list[int] = []
+
+    async def scenario() -> None:
+        async with async_ledger(redis_url, keys) as ledger:
+            script = ledger._begin
+
+            async def counted(keys: list[str], args: list[Any]) -> Any:
+                calls.append(len(keys))
+                return await script(keys=keys, args=args)
+
+            monkeypatch.setattr(ledger, "_begin", counted)
+            a, wrong, b = await asyncio.gather(
+                *(ledger.begin(n, STALL_S, input=f"in-{n}", server=SERVER) for n in names),
+                return_exceptions=True,
+            )
+            assert isinstance(wrong, redis.exceptions.ResponseError), wrong
+            assert "WRONGTYPE" in str(wrong)
+            assert isinstance(a, Begin) and isinstance(b, Begin)
+            assert (a.next, b.next) == (Next.START, Next.START)
+
+            read = await ledger.confirm(list(names), replicas=0, aof=False, timeout_ms=1000)
+            entry_a, entry_wrong, entry_b = read.entries
+            assert isinstance(entry_wrong, redis.exceptions.ResponseError), entry_wrong
+            assert not isinstance(entry_a, Exception) and entry_a is not None
+            assert not isinstance(entry_b, Exception) and entry_b is not None
+            assert (entry_a.input, entry_b.input) == ("in-a", "in-b")
+
+            marks = await asyncio.gather(
+                *(ledger.mark_published(n, "completed") for n in names), return_exceptions=True
+            )
+            assert marks[0] is None and marks[2] is None
+            assert isinstance(marks[1], redis.exceptions.ResponseError), marks
+
+    asyncio.run(scenario())
+    assert calls == [len(names)]  # one call: the fault was isolated inside it
+    assert entry_hash(client, keys, "a")["published"] == "completed"
+    assert entry_hash(client, keys, "b")["published"] == "completed"
+    assert client.get(keys.entry("wrong")) == "a string, not a hash"
+
+
 # --- confirm ----------------------------------------------------------------------
 
 

@@ -222,3 +222,43 @@ def test_a_flusher_cancelled_before_it_ran_cancels_its_callers_too() -> None:
     results = run(scenario)
     assert all(isinstance(r, asyncio.CancelledError) for r in results), results
     assert backend.calls == []
+
+
+def test_an_answer_that_is_an_error_is_that_requests_alone() -> None:
+    """A call may answer one request with its own error (one entry a script could
+    not handle): only that caller sees it."""
+
+    async def call(requests: list[str]) -> list[str | Exception]:
+        return [ValueError(r) if r == "bad" else r.upper() for r in requests]
+
+    async def scenario() -> tuple[list[str], BaseException | None]:
+        c: Coalescer[str, str] = Coalescer(call, max_batch=16, name=NAME)
+        good_a, bad, good_b = start(c, "a", "bad", "b")
+        await asyncio.wait([good_a, bad, good_b])
+        return [good_a.result(), good_b.result()], bad.exception()  # raised, not returned
+
+    answers, raised = run(scenario)
+    assert answers == ["A", "B"]
+    assert isinstance(raised, ValueError) and str(raised) == "bad"
+
+
+def test_a_caller_cancelled_before_its_call_is_not_asked_for() -> None:
+    """A handler cancelled while it waited (shutdown) must not have its request made:
+    a ledger begin would start a run that nobody then sends."""
+    backend = Backend()
+
+    async def scenario() -> list[str | BaseException]:
+        c = Coalescer(backend, max_batch=16, name=NAME)
+        backend.hold(0)
+        first = start(c, "a")
+        await turns()  # call 0 in flight
+        later = start(c, "b", "c")
+        await turns()
+        later[0].cancel()  # "b" gives up while call 0 is still in flight
+        backend.hold(0).set()
+        return await outcomes([*first, *later])
+
+    results = run(scenario)
+    assert results[0] == "A" and results[2] == "C"
+    assert isinstance(results[1], asyncio.CancelledError)
+    assert backend.calls == [["a"], ["c"]]
