@@ -173,22 +173,21 @@ class BatchStepTask(StepTask):
         started = time.time_ns()
         answers = step(p, placed)
         results = []
-        for member, answer in zip(members, answers, strict=True):
+        for member, (order, _), answer in zip(members, placed, answers, strict=True):
             with member_scope(member, self.name, started):
                 if isinstance(answer, TransientError):
-                    self.split(member, answer)
+                    self.split(member, order, answer)
                     results.append(SPLIT)
                 else:
                     results.append(answer.model_dump(mode="json"))
         return results
 
-    def split(self, member: BatchMember, exc: BaseException) -> None:
+    def split(self, member: BatchMember, order: Order, exc: BaseException) -> None:
         order_id, epoch, run = member["order_id"], member["epoch"], member["run"]
         countdown = get_exponential_backoff_interval(
             factor=self.retry_backoff, retries=0, maximum=self.retry_backoff_max, full_jitter=True
         )
         log.warning("%s: %s; the order goes on alone in %ss", self.name, exc, countdown)
-        order = Order.model_validate(member["order"])
         # Sent before it is marked, never the other way round: a worker killed in
         # between re-runs the batch step and sends it again, which is harmless (the
         # steps are idempotent, and both header steps may split the same order),
