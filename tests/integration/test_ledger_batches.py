@@ -62,6 +62,20 @@ async def deliver(ledger: AsyncLedger, *names: str) -> None:
         assert (begun.next, begun.epoch, begun.run) == (Next.START, 1, 1)
 
 
+def delivered(
+    redis_url: str, keys: LedgerKeys, *names: str, abandoned: tuple[str, ...] = ()
+) -> None:
+    """:func:`deliver` from synchronous code; then ``abandoned`` dead-lettered (epoch 1)."""
+
+    async def scenario() -> None:
+        async with async_ledger(redis_url, keys) as aledger:
+            await deliver(aledger, *names)
+            for name in abandoned:
+                assert await aledger.abandon(name, 1, "gave up")
+
+    asyncio.run(scenario())
+
+
 def entry_hash(client: redis.Redis, keys: LedgerKeys, name: str) -> dict[str, str]:
     return decoded_hash(client.hgetall(keys.entry(name)))
 
@@ -304,12 +318,7 @@ def test_start_tasks_counts_each_call_once_and_marks_only_live_entries(
 ) -> None:
     keys = own_keys()
     ledger = Ledger(client, keys)
-
-    async def scenario() -> None:
-        async with async_ledger(redis_url, keys) as aledger:
-            await deliver(aledger, "received", "replayed", "decided", "working")
-
-    asyncio.run(scenario())
+    delivered(redis_url, keys, "received", "replayed", "decided", "working")
     assert ledger.finalize("decided", 1, "out", {"status": "COMPLETED"})
     client.hset(keys.entry("working"), "status", "PROCESSING")
     for name in ("received", "replayed", "decided", "working"):
@@ -346,13 +355,9 @@ def test_finalize_many_records_each_once_and_announces_them_with_one_event(
 ) -> None:
     keys = own_keys()
     ledger = Ledger(client, keys)
-
-    async def scenario() -> None:
-        async with async_ledger(redis_url, keys) as aledger:
-            await deliver(aledger, "a", "b", "replayed", "dead", "decided", "single")
-            assert await aledger.abandon("dead", 1, "gave up")
-
-    asyncio.run(scenario())
+    delivered(
+        redis_url, keys, "a", "b", "replayed", "dead", "decided", "single", abandoned=("dead",)
+    )
     assert ledger.finalize("decided", 1, "first")
     records = [
         Record("a", 1, "out-a", {"status": "COMPLETED", "reason": ""}),
