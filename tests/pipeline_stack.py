@@ -138,7 +138,17 @@ class Stack:
     def start(self) -> None:
         """The worker, then the bridge; each ready before the next starts."""
         self.start_worker()
+        self.start_bridge()
+
+    def start_bridge(self) -> None:
+        """Start the bridge (again) and wait until it is ready."""
         self._bridge = self.processes.start("bridge", bridge_command, name="bridge", port=self.port)
+
+    def stop_bridge(self) -> int | None:
+        """SIGTERM (it drains into the workers), then SIGKILL if it hangs. Returns its
+        exit code."""
+        bridge, self._bridge = self._bridge, None
+        return None if bridge is None else self.processes.stop(bridge, STOP_TIMEOUT_S)
 
     def start_worker(self, extra_env: dict[str, str] | None = None) -> None:
         """Start a worker (again) and wait until Celery reports it ready."""
@@ -154,9 +164,8 @@ class Stack:
     def stop(self) -> int | None:
         """Stop the bridge first (it drains into the workers), then the worker.
         Returns the bridge's exit code."""
-        bridge, self._bridge = self._bridge, None
         try:
-            return None if bridge is None else self.processes.stop(bridge, STOP_TIMEOUT_S)
+            return self.stop_bridge()
         finally:
             self.stop_worker()
 

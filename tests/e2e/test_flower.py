@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -53,6 +54,8 @@ REFUSAL_TIMEOUT_S = 60.0
 
 # The pipeline's steps, and what each outcome adds after the chord callback.
 WORKFLOW_STEPS = {names.TASK_RESERVE, names.TASK_CHARGE, names.TASK_SETTLE}
+# The same steps for a batch of orders (one task each for the whole batch).
+BATCH_STEPS = {names.TASK_RESERVE_BATCH, names.TASK_CHARGE_BATCH, names.TASK_SETTLE_BATCH}
 # A declined order had its stock reserved and no charge made: release, then finalize.
 DECLINE_COMPENSATION = {names.TASK_RELEASE, names.TASK_FINALIZE}
 # Metric names in the dashboard's PromQL: the project's and Flower's prefixes.
@@ -165,8 +168,14 @@ def flower(pipeline: Pipeline) -> Iterator[Flower]:
 
 @dataclass(frozen=True)
 class Orders:
+    """One order that completes and one the payment gateway declines (above
+    ``PAYMENT_DECLINE_ABOVE``, 10000.00 by default), sent to Celery alone and as a
+    batch."""
+
     completed: str
     declined: str
+    batched_completed: str
+    batched_declined: str
 
 
 def _order(order_id: str, sku: str, quantity: int, unit_price: float) -> RawOrder:
@@ -179,26 +188,53 @@ def _order(order_id: str, sku: str, quantity: int, unit_price: float) -> RawOrde
     )
 
 
+def _await_kinds(pipeline: Pipeline, completed: str, declined: str) -> None:
+    done, failed = pipeline.await_outcome(completed), pipeline.await_outcome(declined)
+    assert done.kind is OutcomeKind.COMPLETED, done
+    assert (failed.kind, failed.fields["reason"]) == (OutcomeKind.FAILED, "PAYMENT_DECLINED")
+
+
 @pytest.fixture(scope="module")
 def orders(flower: Flower, pipeline: Pipeline) -> Orders:
-    """One order that completes and one the payment gateway declines (above
-    ``PAYMENT_DECLINE_ABOVE``, 10000.00 by default), both seen through to their outcome."""
-    sent = Orders(completed=e2e.unique("flower-ok"), declined=e2e.unique("flower-declined"))
+    """Each order seen through to its outcome. The first two are published one at a
+    time, each after the previous one's outcome, so each is a workflow of its own;
+    the last two are published while the bridge is stopped, so that its first fetch
+    holds both and sends them as one batch (the worker, and Flower's events, run on)."""
+    sent = Orders(
+        completed=e2e.unique("flower-ok"),
+        declined=e2e.unique("flower-declined"),
+        batched_completed=e2e.unique("flower-batched-ok"),
+        batched_declined=e2e.unique("flower-batched-declined"),
+    )
     sku = e2e.unique("sku")
     pipeline.set_stock(sku, 10)
-    for order in (_order(sent.completed, sku, 2, 19.99), _order(sent.declined, sku, 2, 5000.01)):
-        pipeline.publish(codec.encode_order_created(order), msg_id=order.order_id)
-    completed = pipeline.await_outcome(sent.completed)
-    declined = pipeline.await_outcome(sent.declined)
-    assert completed.kind is OutcomeKind.COMPLETED, completed
-    assert (declined.kind, declined.fields["reason"]) == (OutcomeKind.FAILED, "PAYMENT_DECLINED")
+    ok, declined = (2, 19.99), (2, 5000.01)
+    for order_id, (quantity, price) in ((sent.completed, ok), (sent.declined, declined)):
+        pipeline.publish(
+            codec.encode_order_created(_order(order_id, sku, quantity, price)), order_id
+        )
+        pipeline.await_outcome(order_id)
+    _await_kinds(pipeline, sent.completed, sent.declined)
+
+    code = pipeline.stack.stop_bridge()
+    assert code == 0, f"orders-bridge exited with {code} after SIGTERM\n{pipeline.stack.logs()}"
+    for order_id, (quantity, price) in (
+        (sent.batched_completed, ok),
+        (sent.batched_declined, declined),
+    ):
+        pipeline.publish(
+            codec.encode_order_created(_order(order_id, sku, quantity, price)), order_id
+        )
+    pipeline.stack.start_bridge()
+    _await_kinds(pipeline, sent.batched_completed, sent.batched_declined)
     return sent
 
 
 def _tasks_of(flower: Flower, order_id: str) -> dict[str, dict[str, Any]]:
-    """Flower's tasks of one order, by task id (every id starts with the order id)."""
-    tasks = flower.api("/api/tasks")
-    return {tid: task for tid, task in tasks.items() if tid.startswith(f"{order_id}:")}
+    """What an operator finds by typing the order id into Flower's search box: the
+    order's own tasks (their ids start with it) and batch tasks naming it."""
+    query = urllib.parse.urlencode({"search": order_id})
+    return dict(flower.api(f"/api/tasks?{query}"))
 
 
 def _states(tasks: dict[str, dict[str, Any]]) -> dict[str, str]:
@@ -225,6 +261,10 @@ def _await_states(flower: Flower, order_id: str, expected: set[str]) -> dict:
         ) from error
 
 
+def _batch_tasks(tasks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {tid: task for tid, task in tasks.items() if task["name"] in BATCH_STEPS}
+
+
 # --- the tests -------------------------------------------------------------------------
 
 
@@ -247,6 +287,7 @@ def test_flower_shows_every_step_of_a_completed_order_succeeded(
     tasks = _await_states(flower, orders.completed, WORKFLOW_STEPS)
 
     assert _states(tasks) == dict.fromkeys(WORKFLOW_STEPS, "SUCCESS")
+    assert all(tid.startswith(f"{orders.completed}:") for tid in tasks), sorted(tasks)
     workers = set(flower.api("/api/workers?status=1"))
     assert {task["worker"] for task in tasks.values()} <= workers
 
@@ -258,8 +299,28 @@ def test_flower_shows_the_compensation_of_a_declined_order(flower: Flower, order
     # Declined is a business outcome, a value: every step succeeds, and the
     # chord callback sends the compensation. Nothing was charged, so no refund.
     assert _states(tasks) == dict.fromkeys(expected, "SUCCESS")
+    assert all(tid.startswith(f"{orders.declined}:") for tid in tasks), sorted(tasks)
     types = set(flower.api("/api/task/types")["task-types"])
     assert expected <= types
+
+
+def test_flower_search_finds_each_order_of_a_batch_in_its_batch_tasks(
+    flower: Flower, orders: Orders
+) -> None:
+    completed = _await_states(flower, orders.batched_completed, BATCH_STEPS)
+    declined = _await_states(flower, orders.batched_declined, BATCH_STEPS | DECLINE_COMPENSATION)
+
+    assert _states(completed) == dict.fromkeys(BATCH_STEPS, "SUCCESS")
+    assert _states(declined) == dict.fromkeys(BATCH_STEPS | DECLINE_COMPENSATION, "SUCCESS")
+    # One batch: the same three tasks, whose arguments name both orders first.
+    assert _batch_tasks(completed).keys() == _batch_tasks(declined).keys()
+    for task in _batch_tasks(completed).values():
+        assert task["kwargs"].startswith("{'order_ids': ["), task["kwargs"][:200]
+        assert orders.batched_completed in task["kwargs"]
+        assert orders.batched_declined in task["kwargs"]
+    # The declined order's compensation is its own (named by it), not the batch's.
+    compensation = {tid for tid, t in declined.items() if t["name"] in DECLINE_COMPENSATION}
+    assert all(orders.batched_declined in tid for tid in compensation), compensation
 
 
 @pytest.mark.parametrize("path", ["/api/workers", "/api/tasks", "/api/task/types", "/", "/tasks"])
