@@ -27,13 +27,22 @@ class Coalescer(Generic[K, R]):
         *,
         max_batch: int,
         name: str,
+        size: Callable[[K], int] | None = None,
+        max_size: int = 0,
     ) -> None:
         """``call`` answers a list of requests with one result per request, in order.
         A result that is an exception is that request's alone (a fault of one entry
         must not fail the others asked with it); an exception ``call`` raises is
-        every request's (the server was unreachable for all of them)."""
+        every request's (the server was unreachable for all of them).
+
+        A call takes at most ``max_batch`` requests and, when ``size`` is given, at
+        most ``max_size`` of their summed sizes (a request larger than that goes
+        alone): requests may carry whole messages, and one call is one command that
+        the server buffers whole and runs without serving anyone else."""
         self._call = call
         self._max_batch = max_batch
+        self._size = size
+        self._max_size = max_size
         self._name = name
         self._pending: list[tuple[K, asyncio.Future[R]]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -54,8 +63,7 @@ class Coalescer(Generic[K, R]):
         batch: list[tuple[K, asyncio.Future[R]]] = []
         try:
             while self._pending:
-                batch = self._pending[: self._max_batch]
-                del self._pending[: self._max_batch]
+                batch = self._take()
                 # A caller cancelled while it waited (shutdown) is not asked for: a
                 # ledger `begin` would start a run that nobody sends.
                 batch = [(request, future) for request, future in batch if not future.done()]
@@ -82,6 +90,20 @@ class Coalescer(Generic[K, R]):
         finally:
             for _, future in batch:  # cancelled mid-call (shutdown)
                 future.cancel()
+
+    def _take(self) -> list[tuple[K, asyncio.Future[R]]]:
+        """The next call's requests, off the front of the queue (at least one)."""
+        count = min(len(self._pending), self._max_batch)
+        if self._size is not None:
+            total = 0
+            for n, (request, _) in enumerate(self._pending[:count]):
+                total += self._size(request)
+                if n and total > self._max_size:
+                    count = n
+                    break
+        batch = self._pending[:count]
+        del self._pending[:count]
+        return batch
 
     def _cancel_pending(self, flusher: asyncio.Task[None]) -> None:
         """A flusher that ended without answering (cancelled, even before its first

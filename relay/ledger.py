@@ -43,6 +43,10 @@ DEAD_LETTERED = "DEAD_LETTERED"  # the reason an abandoned entry shows
 # Entries one coalesced script call decides, reads or marks at most (a fetch's worth
 # and more; the script holds Redis for about a microsecond per entry and field).
 COALESCE_MAX = 256
+# And the inputs one coalesced begin carries at most (each is stored for re-sends). A
+# fetch of real orders (about 0.5 KB each) is far below it; messages of up to
+# MAX_MESSAGE_BYTES (1 MB) go one call each rather than one call of hundreds of MB.
+COALESCE_MAX_BYTES = 1 << 20
 
 
 @cache
@@ -227,7 +231,13 @@ class AsyncLedger:
         self._abandon = client.register_script(script("abandon"))
         self._confirm = client.register_script(script("confirm"))
         # The handlers of one moment share one call (relay.coalesce).
-        self._begins = Coalescer(self._begin_many, max_batch=COALESCE_MAX, name="ledger-begin")
+        self._begins = Coalescer(
+            self._begin_many,
+            max_batch=COALESCE_MAX,
+            name="ledger-begin",
+            size=lambda ask: len(ask[3]),  # the input, stored for re-sends
+            max_size=COALESCE_MAX_BYTES,
+        )
         self._publishes = Coalescer(
             self._mark_published_many, max_batch=COALESCE_MAX, name="ledger-published"
         )

@@ -30,7 +30,7 @@ from orders.domain.model import FailureReason, Outcome, OutcomeKind, StepResult
 from orders.ports import ChargeRequest, ChargeResult, ReservationRequest
 from relay.completions import CompletionWatcher
 from relay.keys import LedgerKeys
-from relay.ledger import AsyncLedger, Begin, Ledger, Next, Record
+from relay.ledger import COALESCE_MAX_BYTES, AsyncLedger, Begin, Ledger, Next, Record
 from relay.redis_replies import decoded_entries, decoded_hash
 
 pytestmark = pytest.mark.integration
@@ -74,6 +74,19 @@ def delivered(
                 assert await aledger.abandon(name, 1, "gave up")
 
     asyncio.run(scenario())
+
+
+def count_begin_calls(
+    ledger: AsyncLedger, calls: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Record the number of entries of each ``begin.lua`` call ``ledger`` makes."""
+    script = ledger._begin
+
+    async def counted(keys: list[str], args: list[Any]) -> Any:
+        calls.append(len(keys))
+        return await script(keys=keys, args=args)
+
+    monkeypatch.setattr(ledger, "_begin", counted)
 
 
 def entry_hash(client: redis.Redis, keys: LedgerKeys, name: str) -> dict[str, str]:
@@ -167,15 +180,6 @@ def test_begins_asked_together_decide_as_the_same_begins_one_after_another(
     together_keys, one_by_one_keys = own_keys(), own_keys()
     script_calls: dict[str, list[int]] = {"together": [], "one by one": []}
 
-    def count_calls(ledger: AsyncLedger, world: str) -> None:
-        script = ledger._begin
-
-        async def counted(keys: list[str], args: list[Any]) -> Any:
-            script_calls[world].append(len(keys))
-            return await script(keys=keys, args=args)
-
-        monkeypatch.setattr(ledger, "_begin", counted)
-
     async def scenario() -> tuple[list[Begin], list[Begin]]:
         async with (
             async_ledger(redis_url, together_keys) as together,
@@ -183,8 +187,8 @@ def test_begins_asked_together_decide_as_the_same_begins_one_after_another(
         ):
             await prepare(together, client)
             await prepare(one_by_one, client)
-            count_calls(together, "together")
-            count_calls(one_by_one, "one by one")
+            count_begin_calls(together, script_calls["together"], monkeypatch)
+            count_begin_calls(one_by_one, script_calls["one by one"], monkeypatch)
             batched = await asyncio.gather(*(ask(together, k, kw) for k, kw in ASKS))
             alone = [await ask(one_by_one, k, kw) for k, kw in ASKS]
             return list(batched), alone
@@ -201,6 +205,31 @@ def test_begins_asked_together_decide_as_the_same_begins_one_after_another(
         ), name
     # A poll never creates an entry; the delivery after it did, with the known epoch.
     assert entry_hash(client, together_keys, "lost")["epoch"] == "3"
+
+
+def test_begins_of_large_inputs_go_in_calls_of_at_most_the_byte_budget(
+    client: redis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = own_keys()
+    calls: list[int] = []
+    inputs = {f"big-{n}": f"{n}" * (COALESCE_MAX_BYTES * 2 // 5) for n in range(5)}
+    inputs["small"] = "s"
+
+    async def scenario() -> list[Begin]:
+        async with async_ledger(redis_url, keys) as ledger:
+            count_begin_calls(ledger, calls, monkeypatch)
+            return list(
+                await asyncio.gather(
+                    *(ledger.begin(k, STALL_S, input=v, server=SERVER) for k, v in inputs.items())
+                )
+            )
+
+    begun = asyncio.run(scenario())
+    assert [(b.next, b.epoch, b.run) for b in begun] == [(Next.START, 1, 1)] * len(inputs)
+    # Two fifths of the budget each: two a call, the small one with the last.
+    assert calls == [2, 2, 2]
+    for name, stored in inputs.items():
+        assert entry_hash(client, keys, name)["input"] == stored, name
 
 
 def test_published_marks_of_one_moment_are_each_written(

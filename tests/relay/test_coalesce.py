@@ -262,3 +262,15 @@ def test_a_caller_cancelled_before_its_call_is_not_asked_for() -> None:
     assert results[0] == "A" and results[2] == "C"
     assert isinstance(results[1], asyncio.CancelledError)
     assert backend.calls == [["a"], ["c"]]
+
+
+def test_max_size_splits_the_requests_by_their_summed_size() -> None:
+    backend = Backend()
+
+    async def scenario() -> list[str]:
+        c = Coalescer(backend, max_batch=16, name=NAME, size=len, max_size=4)
+        return list(await asyncio.gather(*(c(r) for r in ["ab", "cd", "e", "fghijk", "l", "m"])))
+
+    assert run(scenario) == ["AB", "CD", "E", "FGHIJK", "L", "M"]
+    # At most 4 characters a call; one larger than that goes alone, never waits.
+    assert backend.calls == [["ab", "cd"], ["e"], ["fghijk"], ["l", "m"]]
