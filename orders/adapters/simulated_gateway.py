@@ -29,18 +29,19 @@ from orders.ports import ChargeRequest, ChargeResult, RefundResult
 
 # KEYS: charge record per charge
 # ARGV: per charge: state if new (approved|declined), payment id, amount, currency
-# Reply: per charge {state, payment id}: the first answer under its key
+# Reply: per charge {state, payment id, amount, currency}: the first answer under its
+# key, with the charge it decided (a voided key has no amount)
 _CHARGE = """
 local replies = {}
 for i, record in ipairs(KEYS) do
   local a = (i - 1) * 4
-  local existing = redis.call('HMGET', record, 'state', 'payment_id')
+  local existing = redis.call('HMGET', record, 'state', 'payment_id', 'amount', 'currency')
   if existing[1] then
     replies[i] = existing
   else
     redis.call('HSET', record, 'state', ARGV[a + 1], 'payment_id', ARGV[a + 2],
                'amount', ARGV[a + 3], 'currency', ARGV[a + 4])
-    replies[i] = {ARGV[a + 1], ARGV[a + 2]}
+    replies[i] = {ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]}
   end
 end
 return replies
@@ -100,15 +101,15 @@ class SimulatedGateway:
             else ()
         )
         results: list[ChargeResult | GatewayUnavailable] = []
-        for request, fault in zip(requests, faults, strict=True):
+        for fault in faults:
             if fault is False:
                 results.append(GatewayUnavailable("payment gateway timed out before charging"))
                 continue
-            state, payment_id = next(answers)
+            state, payment_id, amount, currency = next(answers)
             if fault:
                 results.append(GatewayUnavailable("payment gateway timed out after charging"))
             else:
-                results.append(self._answer(request, state, payment_id))
+                results.append(self._answer(state, payment_id, amount, currency))
         return results
 
     def _charge_args(self, r: ChargeRequest) -> list[str | int]:
@@ -116,7 +117,11 @@ class SimulatedGateway:
         state = "declined" if declined else "approved"
         return [state, _payment_id(r.idempotency_key), r.amount_minor, r.currency]
 
-    def _answer(self, r: ChargeRequest, state: str, payment_id: str) -> ChargeResult:
+    def _answer(
+        self, state: str, payment_id: str, amount: str | None, currency: str | None
+    ) -> ChargeResult:
+        """The key's first decision, described by the charge it decided (a repeat
+        under the same key with another amount gets the same answer)."""
         if state in ("approved", "refunded"):
             # A refunded charge is still the answer to this key; the caller's
             # ledger already counted it once.
@@ -125,8 +130,8 @@ class SimulatedGateway:
             return ChargeResult(approved=False, detail="charge voided before it was made")
         return ChargeResult(
             approved=False,
-            detail=f"amount {money.format_money(r.amount_minor, r.currency)} is above the "
-            f"decline limit of {self._decline_above} {r.currency}",
+            detail=f"amount {money.format_money(int(amount or 0), currency or '')} is above "
+            f"the decline limit of {self._decline_above} {currency}",
         )
 
     def refund(self, idempotency_key: str) -> RefundResult:

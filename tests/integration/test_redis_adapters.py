@@ -90,6 +90,18 @@ def test_gateway_charges_once_per_key_and_declines_above_limit(client: redis.Red
     assert gw.refund(key).payment_id == first.payment_id  # idempotent
 
 
+def test_a_repeat_under_the_same_key_gets_the_first_decision_as_it_was_made(
+    client: redis.Redis,
+) -> None:
+    gw = SimulatedGateway(client, decline_above=Decimal("100.00"))
+    declined, approved = uid("k"), uid("k")
+    first = gw.charge(declined, 10001, "USD")
+    assert not first.approved and "amount 100.01 USD" in first.detail, first.detail
+    # A repeat that would have been approved on its own is declined as the first was.
+    assert gw.charge(declined, 500, "USD") == first
+    assert gw.charge(approved, 500, "USD") == gw.charge(approved, 10001, "USD")
+
+
 def test_refund_before_charge_voids_the_key(client: redis.Redis) -> None:
     gw = SimulatedGateway(client, decline_above=Decimal("100.00"))
     key = uid("k")
