@@ -2,7 +2,9 @@
 
 redis-py types every reply as ``bytes | str`` whatever the client's
 ``decode_responses``, and XREAD's as either protocol's shape. The relay's clients
-decode and speak RESP2 (redis-py's default): these functions say so once, for
+decode, and get RESP2-shaped replies (redis-py's default: RESP2 before redis-py 8;
+from 8, RESP3 on the wire with ``legacy_responses`` shaping replies as RESP2's,
+whether the Python parser or hiredis reads them): these functions say so once, for
 their callers, without copying a reply.
 """
 
