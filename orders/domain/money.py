@@ -121,15 +121,21 @@ def to_minor_units(amount: float, currency: str) -> int:
         raise InvalidMoney(f"amount {amount!r} {currency} is negative")
     # Annotated: typeshed types int ** int as Any (a negative power is a float).
     scale: int = 10**exp
-    # Fraction(float) is the double's exact binary value: no second rounding.
-    scaled = Fraction(amount) * scale
-    if scaled > MAX_MINOR:
+    # The double's exact binary value, numerator / 2**k: no second rounding. Integer
+    # arithmetic on it, not Fraction, because this runs for every price of every
+    # order on the bridge (a tenth of the time, the same answers).
+    numerator, denominator = amount.as_integer_ratio()
+    scaled = numerator * scale  # the amount in minor units is scaled / denominator
+    if scaled > MAX_MINOR * denominator:
         raise InvalidMoney(
             f"amount {amount!r} {currency} is too large: above 2**53 minor units a "
             f"double cannot name a whole number of them exactly"
         )
-    minor = round(scaled)
-    if abs(scaled - minor) > TOLERANCE_MINOR:
+    # The nearest whole number (a tie is half a unit away, off the grid either way).
+    minor = (2 * scaled + denominator) // (2 * denominator)
+    # |scaled / denominator - minor| > TOLERANCE_MINOR, cross-multiplied: exact.
+    off = abs(scaled - minor * denominator) * TOLERANCE_MINOR.denominator
+    if off > TOLERANCE_MINOR.numerator * denominator:
         raise InvalidMoney(_off_grid(amount, currency, exp))
     return minor
 

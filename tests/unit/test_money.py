@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from decimal import Decimal
+from fractions import Fraction
 
 import pytest
 from hypothesis import given
@@ -13,6 +14,7 @@ from orders.domain.money import (
     DEFAULT_CURRENCY,
     MAX_MINOR,
     MINOR_UNIT_EXPONENTS,
+    TOLERANCE_MINOR,
     InvalidMoney,
     amount_above,
     exponent,
@@ -153,6 +155,35 @@ def test_any_double_gives_minor_units_or_invalid_money(currency: str, amount: fl
     else:
         assert 0 <= minor <= MAX_MINOR
         assert abs(amount * 10 ** exponent(currency) - minor) <= max(1e-6, minor * 1e-15)
+
+
+def _by_definition(amount: float, currency: str) -> int | None:
+    """The contract's rule in exact rationals: the whole number of minor units within
+    1e-6 of the amount, if there is one (and no more than 2**53)."""
+    scaled = Fraction(amount) * 10 ** exponent(currency)
+    nearest = round(scaled)
+    if scaled > MAX_MINOR or abs(scaled - nearest) > TOLERANCE_MINOR:
+        return None
+    return nearest
+
+
+@given(
+    currency=currencies,
+    amount=st.floats(min_value=0, allow_nan=False, allow_infinity=False)
+    | st.builds(
+        lambda minor, nudge, exp: (minor + nudge) / 10**exp,
+        st.integers(min_value=0, max_value=10**12),
+        st.sampled_from([0.0, 1e-7, -1e-7, 9.99e-7, -1.01e-6, 0.5]),
+        st.integers(min_value=0, max_value=4),
+    ).filter(lambda a: a >= 0),
+)
+def test_minor_units_are_exactly_the_rule_in_rationals(currency: str, amount: float) -> None:
+    expected = _by_definition(amount, currency)
+    try:
+        got: int | None = to_minor_units(amount, currency)
+    except InvalidMoney:
+        got = None
+    assert got == expected
 
 
 @given(amount=st.floats(max_value=-1e-300))
