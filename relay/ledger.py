@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 import redis.asyncio
@@ -215,8 +215,16 @@ def _confirmed_entry(key: str, flat: list[Any]) -> Entry | redis.exceptions.Resp
     return entry_from(key, dict(zip(flat[::2], flat[1::2], strict=True)))
 
 
-# A begin asked: key, stall ms, mode, input, server, known epoch, known run.
-_Ask = tuple[str, int, str, str, str, int, int]
+class _Ask(NamedTuple):
+    """A begin asked; every field after ``key`` is an ARGV of ``begin.lua``, in order."""
+
+    key: str
+    stall_ms: int
+    mode: str
+    input: str
+    server: str
+    known_epoch: int
+    known_run: int
 
 
 class AsyncLedger:
@@ -235,7 +243,7 @@ class AsyncLedger:
             self._begin_many,
             max_batch=COALESCE_MAX,
             name="ledger-begin",
-            size=lambda ask: len(ask[3]),  # the input, stored for re-sends
+            size=lambda ask: len(ask.input),  # stored in the entry for re-sends
             max_size=COALESCE_MAX_BYTES,
         )
         self._publishes = Coalescer(
@@ -266,12 +274,12 @@ class AsyncLedger:
         """
         mode = "resend" if resend else "poll" if poll else "deliver"
         return await self._begins(
-            (key, int(stall_timeout_s * 1000), mode, input, server, known[0], known[1])
+            _Ask(key, int(stall_timeout_s * 1000), mode, input, server, known[0], known[1])
         )
 
     async def _begin_many(self, asks: list[_Ask]) -> list[Begin | redis.exceptions.ResponseError]:
         replies = await self._begin(
-            keys=[self.keys.entry(ask[0]) for ask in asks],
+            keys=[self.keys.entry(ask.key) for ask in asks],
             args=[arg for ask in asks for arg in ask[1:]],
         )
         return [_begin(reply) for reply in replies]

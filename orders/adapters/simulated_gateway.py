@@ -128,10 +128,12 @@ class SimulatedGateway:
             return ChargeResult(approved=True, payment_id=payment_id)
         if state == "voided":
             return ChargeResult(approved=False, detail="charge voided before it was made")
+        # Declined: _CHARGE wrote the amount and currency with the state.
+        assert amount is not None and currency is not None, (state, payment_id)
         return ChargeResult(
             approved=False,
-            detail=f"amount {money.format_money(int(amount or 0), currency or '')} is above "
-            f"the decline limit of {self._decline_above} {currency}",
+            detail=f"amount {money.format_money(int(amount), currency)} is above the "
+            f"decline limit of {self._decline_above} {currency}",
         )
 
     def refund(self, idempotency_key: str) -> RefundResult:
