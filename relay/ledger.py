@@ -112,14 +112,17 @@ def entry_from(key: str, fields: dict[str, str]) -> Entry | None:
 def _begin(reply: list[Any]) -> Begin | redis.exceptions.ResponseError:
     if reply[0] == "failed":  # this entry alone (begin.lua)
         return redis.exceptions.ResponseError(reply[3])
-    return Begin(
-        next=Next(reply[0]),
-        epoch=int(reply[1]),
-        run=int(reply[2]),
-        error=reply[3],
-        input=reply[4] if len(reply) > 4 else "",
-        cause=reply[5] if len(reply) > 5 else "",
-    )
+    try:
+        return Begin(
+            next=Next(reply[0]),
+            epoch=int(reply[1]),
+            run=int(reply[2]),
+            error=reply[3],
+            input=reply[4] if len(reply) > 4 else "",
+            cause=reply[5] if len(reply) > 5 else "",
+        )
+    except (ValueError, IndexError) as exc:  # this entry alone, as a script error is
+        return redis.exceptions.ResponseError(f"unreadable begin reply {reply[:4]!r}: {exc}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +215,10 @@ class Confirmed:
 def _confirmed_entry(key: str, flat: list[Any]) -> Entry | redis.exceptions.ResponseError | None:
     if flat and flat[0] is None:  # this entry alone could not be read (confirm.lua)
         return redis.exceptions.ResponseError(flat[1])
-    return entry_from(key, dict(zip(flat[::2], flat[1::2], strict=True)))
+    try:
+        return entry_from(key, dict(zip(flat[::2], flat[1::2], strict=True)))
+    except ValueError as exc:  # a corrupt field fails this entry alone
+        return redis.exceptions.ResponseError(f"{key}: unreadable entry: {exc}")
 
 
 class _Ask(NamedTuple):

@@ -40,6 +40,8 @@ local function decide(h, stall_ms, mode, input, server, known_epoch, known_run)
     return {'start', epoch, run, '', input, known_run > 0 and 'failover' or 'new'}
   end
   local epoch, run = tonumber(f[6]), tonumber(f[7]) or 0
+  -- A nil would cut this entry's reply short: fail it alone instead (the pcall below).
+  if not epoch then error('corrupt epoch ' .. tostring(f[6])) end
   if f[2] and f[2] ~= '' then return {'publish', epoch, run, ''} end
   if mode ~= 'deliver' then
     -- Someone is waiting on this run: report failures, never start a new epoch.

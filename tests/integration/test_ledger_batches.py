@@ -254,52 +254,87 @@ def test_published_marks_of_one_moment_are_each_written(
 # --- one entry's fault stays its own ----------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("damage", "begin_error", "confirm_error"),
+    [
+        # A key of another type: every script call on it fails.
+        ("wrong type", "WRONGTYPE", "WRONGTYPE"),
+        # A hash whose epoch is not a number: the script would answer a reply cut
+        # short (Lua stops a table at its first nil), the reader a ValueError.
+        ("corrupt epoch", "corrupt epoch", "unreadable entry"),
+    ],
+)
 def test_an_entry_that_cannot_be_read_fails_alone_in_a_coalesced_call(
-    client: redis.Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+    client: redis.Redis,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    damage: str,
+    begin_error: str,
+    confirm_error: str,
 ) -> None:
-    """A fetch's begins share one script call: a key of another type among them (an
+    """A fetch's begins share one script call: a damaged entry among them (an
     operator's mistake, a corrupt key) fails that delivery alone, never its fetch."""
     keys = own_keys()
-    client.set(keys.entry("wrong"), "a string, not a hash")
-    names = ("a", "wrong", "b")
+    if damage == "wrong type":
+        client.set(keys.entry("bad"), "a string, not a hash")
+    else:
+        client.hset(keys.entry("bad"), mapping={"epoch": "x", "run": "1", "input": "in-bad"})
+    before = client.dump(keys.entry("bad"))
+    names = ("a", "bad", "b")
     calls: list[int] = []
 
     async def scenario() -> None:
         async with async_ledger(redis_url, keys) as ledger:
-            script = ledger._begin
-
-            async def counted(keys: list[str], args: list[Any]) -> Any:
-                calls.append(len(keys))
-                return await script(keys=keys, args=args)
-
-            monkeypatch.setattr(ledger, "_begin", counted)
-            a, wrong, b = await asyncio.gather(
+            count_begin_calls(ledger, calls, monkeypatch)
+            a, bad, b = await asyncio.gather(
                 *(ledger.begin(n, STALL_S, input=f"in-{n}", server=SERVER) for n in names),
                 return_exceptions=True,
             )
-            assert isinstance(wrong, redis.exceptions.ResponseError), wrong
-            assert "WRONGTYPE" in str(wrong)
+            assert isinstance(bad, redis.exceptions.ResponseError), bad
+            assert begin_error in str(bad)
             assert isinstance(a, Begin) and isinstance(b, Begin)
             assert (a.next, b.next) == (Next.START, Next.START)
 
             read = await ledger.confirm(list(names), replicas=0, aof=False, timeout_ms=1000)
-            entry_a, entry_wrong, entry_b = read.entries
-            assert isinstance(entry_wrong, redis.exceptions.ResponseError), entry_wrong
+            entry_a, entry_bad, entry_b = read.entries
+            assert isinstance(entry_bad, redis.exceptions.ResponseError), entry_bad
+            assert confirm_error in str(entry_bad)
             assert not isinstance(entry_a, Exception) and entry_a is not None
             assert not isinstance(entry_b, Exception) and entry_b is not None
             assert (entry_a.input, entry_b.input) == ("in-a", "in-b")
 
             marks = await asyncio.gather(
-                *(ledger.mark_published(n, "completed") for n in names), return_exceptions=True
+                *(ledger.mark_published(n, "completed") for n in ("a", "b")),
+                return_exceptions=True,
             )
-            assert marks[0] is None and marks[2] is None
-            assert isinstance(marks[1], redis.exceptions.ResponseError), marks
+            assert marks == [None, None]
 
     asyncio.run(scenario())
     assert calls == [len(names)]  # one call: the fault was isolated inside it
     assert entry_hash(client, keys, "a")["published"] == "completed"
     assert entry_hash(client, keys, "b")["published"] == "completed"
-    assert client.get(keys.entry("wrong")) == "a string, not a hash"
+    assert client.dump(keys.entry("bad")) == before  # left as it was, for the operator
+
+
+def test_a_published_mark_on_a_key_of_another_type_fails_alone(
+    client: redis.Redis, redis_url: str
+) -> None:
+    keys = own_keys()
+    client.set(keys.entry("wrong"), "a string, not a hash")
+
+    async def scenario() -> list[BaseException | None]:
+        async with async_ledger(redis_url, keys) as ledger:
+            await deliver(ledger, "a", "b")
+            return await asyncio.gather(
+                *(ledger.mark_published(n, "completed") for n in ("a", "wrong", "b")),
+                return_exceptions=True,
+            )
+
+    marks = asyncio.run(scenario())
+    assert marks[0] is None and marks[2] is None
+    assert isinstance(marks[1], redis.exceptions.ResponseError), marks
+    assert entry_hash(client, keys, "a")["published"] == "completed"
+    assert entry_hash(client, keys, "b")["published"] == "completed"
 
 
 # --- confirm ----------------------------------------------------------------------
@@ -420,6 +455,29 @@ def test_finalize_many_records_each_once_and_announces_them_with_one_event(
     again = [Record("single", 1, "out-single", {}), Record("a", 1, "other", {})]
     assert ledger.finalize_many(again) == [True, False]
     assert stream_after(client, keys.completions, before) == [{"key": "single", "event": "outcome"}]
+
+
+def test_finalize_many_writes_nothing_when_one_entry_cannot_be_read(client: redis.Redis) -> None:
+    """A script is not rolled back on error: were outcomes written before the failing
+    entry, they would have no completion event. Every entry is read first, so the
+    call fails whole (the batch task retries, then its orders go alone)."""
+    keys = own_keys()
+    ledger = Ledger(client, keys)
+    for name in ("a", "b"):
+        client.hset(keys.entry(name), mapping={"epoch": 1, "run": 1, "status": "RECEIVED"})
+    client.set(keys.entry("wrong"), "a string, not a hash")
+    before = last_stream_id(client, keys.completions)
+    records = [Record(n, 1, f"out-{n}", {"status": "COMPLETED"}) for n in ("a", "wrong", "b")]
+
+    with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+        ledger.finalize_many(records)
+    assert "outcome" not in entry_hash(client, keys, "a")
+    assert "outcome" not in entry_hash(client, keys, "b")
+    assert stream_after(client, keys.completions, before) == []
+    # Asked without it, the others are recorded and announced, once each.
+    assert ledger.finalize_many([records[0], records[2], records[0]]) == [True, True, False]
+    [event] = stream_after(client, keys.completions, before)
+    assert json.loads(event["keys"]) == ["a", "b"]
 
 
 def test_the_watcher_wakes_every_key_of_one_batch_event(
