@@ -114,7 +114,14 @@ class Batcher(Generic[ItemT]):
             wait = self._hold_s if busy else self._linger_s
             # In a context of its own: the batch is nobody's child.
             self._timer = loop.call_later(wait, self._flush, context=_empty())
-        return await sent
+        try:
+            return await sent
+        except asyncio.CancelledError:
+            # Cancelled (shutdown) after its canvas was sent: nobody will finish the
+            # ticket, so it is finished here, or the canvas would count as at work.
+            if sent.done() and not sent.cancelled() and sent.exception() is None:
+                sent.result().finish()
+            raise
 
     def _canvas_finished(self) -> None:
         self._in_flight -= 1

@@ -177,7 +177,7 @@ class Processor(Generic[ItemT]):
         try:
             if begin.next is Next.START:
                 cause = begin.cause or "new"
-                batch = await self._send(key, item, begin.epoch, begin.run, cause)
+                batch = await self._send(key, item, begin.epoch, begin.run, cause, first=True)
             known = (begin.epoch, begin.run)
             while True:
                 await _woken_or_timeout(event, self._poll_s)
@@ -220,13 +220,18 @@ class Processor(Generic[ItemT]):
         server = await d.watch.current_identity()
         return await d.ledger.begin(key, self._stall_s, input=stored, server=server, known=known)
 
-    async def _send(self, key: str, item: ItemT, epoch: int, run: int, cause: str) -> Sent | None:
+    async def _send(
+        self, key: str, item: ItemT, epoch: int, run: int, cause: str, *, first: bool = False
+    ) -> Sent | None:
         """Send the run's workflow; the canvas it went in when it went through the
-        batcher (alone or with others), to be finished when the run's wait ends."""
+        batcher (alone or with others), to be finished when the run's wait ends.
+        Only a delivery's ``first`` send of a new run may go through the batcher (a
+        restored entry can answer cause ``new`` too, to a waiter that holds no
+        ticket for it)."""
         d = self._d
         sent: Sent | None = None
         try:
-            if d.batcher is not None and cause == "new":
+            if d.batcher is not None and first and cause == "new":
                 run_of = Run(key, item, epoch, run, contextvars.copy_context())
                 sent = await d.batcher.send(run_of)
             else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import pytest
@@ -24,9 +24,11 @@ class RecordingDispatcher:
     def __init__(self, fails: bool = False) -> None:
         self.sent: list[tuple[Any, str, float]] = []  # canvas, ORDER seen, loop time
         self.fails = fails
+        self.on_send: Callable[[], None] = lambda: None
 
     async def send(self, canvas: Any) -> None:
         self.sent.append((canvas, ORDER.get(), asyncio.get_running_loop().time()))
+        self.on_send()
         if self.fails:
             raise ConnectionError("broker gone")
 
@@ -217,3 +219,24 @@ def test_a_canvas_that_could_not_be_sent_is_not_at_work() -> None:
         return b.in_flight
 
     assert asyncio.run(scenario()) == 0
+
+
+def test_a_member_cancelled_after_its_canvas_was_sent_finishes_its_ticket() -> None:
+    dispatcher = RecordingDispatcher()
+
+    async def scenario() -> tuple[int, Sent]:
+        b = batcher(dispatcher, 2, 1.0, max_in_flight=1)
+        cancelled = asyncio.create_task(send_as(b, "a"))
+        other = asyncio.create_task(send_as(b, "b"))
+        # Cancelled (shutdown) in the turn its canvas is sent, before it resumes with
+        # its ticket: nobody else can finish that ticket.
+        dispatcher.on_send = lambda: asyncio.get_running_loop().call_soon(cancelled.cancel)
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        return b.in_flight, await other
+
+    in_flight, other = asyncio.run(scenario())
+    # Its finish ended the canvas's time at work (a first member's finish does), so
+    # it does not hold every later send while the other member still waits.
+    assert in_flight == 0
+    assert other.size == 2 and len(dispatcher.sent) == 1

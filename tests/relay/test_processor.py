@@ -749,6 +749,38 @@ def test_state_a_failover_lost_is_restored_with_a_new_run_and_the_order_complete
     the_outcome(w, OutcomeKind.COMPLETED)
 
 
+def test_a_lost_entry_that_returns_dead_lettered_is_sent_again_alone() -> None:
+    """A failover lost the entry (LOST), and before the bridge restores it the entry is
+    back, dead-lettered (a replay of its dead letter got there first): the restore
+    starts a new epoch, cause ``new``. That re-send goes alone, never through the
+    batcher, whose ticket nobody would finish (its canvas would count as at work
+    for ever, holding every later send)."""
+    w = World(
+        settings=SETTINGS.model_copy(update={"workflow_stall_timeout": timedelta(hours=1)}),
+        batch_max=8,
+    )
+
+    def workers(sent: Sent) -> None:
+        if sent.epoch == 1:  # the new primary never heard of the order
+            w.redis.delete(w.keys.entry(ORDER_ID))
+            asyncio.get_running_loop().call_soon(w.watcher.wake, ORDER_ID)
+        else:
+            w.finish(sent.epoch, COMPLETED)
+
+    async def back_dead_lettered() -> str:
+        w.redis.hset(w.keys.entry(ORDER_ID), mapping={"epoch": 1, "run": 1, "dead": "1"})
+        return w.watch.identity
+
+    w.dispatcher.on_workflow = workers
+    w.watch.current_identity = back_dead_lettered  # type: ignore[method-assign]
+    msg = w.deliver(order_bytes())
+
+    assert msg.disposition() == "ack"
+    assert w.dispatcher.sent == [Sent("workflow", 1, 1), Sent("workflow", 2, 1)]
+    assert w.batcher is not None and w.batcher.in_flight == 0
+    the_outcome(w, OutcomeKind.COMPLETED)
+
+
 def test_an_outcome_gone_before_it_is_replicated_is_not_published() -> None:
     w = World()
     w.workers_complete()
