@@ -32,14 +32,12 @@ from redis.exceptions import RedisError, ResponseError
 
 from relay.coalesce import Coalescer
 from relay.config import Limits
-from relay.ledger import AsyncLedger, Entry
+from relay.ledger import COALESCE_MAX, AsyncLedger, Entry
 from relay.metrics import RelayMetrics
 
 log = logging.getLogger(__name__)
 
 CHECK_INTERVAL_S = 1.0
-# Entries confirmed in one round trip, at most.
-BARRIER_BATCH_MAX = 256
 # After replicas failed to confirm, fetching pauses this long (renewed by every
 # failure): new orders could not be finished either.
 BEHIND_PAUSE_S = 2.0
@@ -156,7 +154,7 @@ class OutcomeBarrier:
         self._metrics = metrics
         # Entries that finish together share one round trip (relay.coalesce).
         self._confirms = Coalescer(
-            self._confirm_many, max_batch=BARRIER_BATCH_MAX, name="outcome-barrier"
+            self._confirm_many, max_batch=COALESCE_MAX, name="outcome-barrier"
         )
         self._behind_until = 0.0
         self.problem = ""
